@@ -1,0 +1,1 @@
+"""The fleet reference application: devices, sites and dispatch services."""

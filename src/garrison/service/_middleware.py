@@ -1,0 +1,140 @@
+"""The inbound side of every service: one pure-ASGI middleware.
+
+For each HTTP request it, in order:
+
+1. reads the caller's remaining budget (``garrison-timeout-ms``); a malformed value is a 400 that
+   names the header, a spent one a 504 before the handler runs;
+2. continues the caller's W3C trace (or starts one) with a new server span;
+3. runs the handler under that deadline: when the budget runs out first, the handler is
+   cancelled and the caller gets a 504 (it has given up anyway, so the work would be wasted);
+4. records the route's latency, outcome and the in-flight gauge.
+
+Health and metrics endpoints bypass all of it: probes must answer even when the deadline or
+metrics machinery is the thing that is broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from garrison.core import DEADLINE_HEADER, deadline_scope
+
+from ._http_errors import NO_RETRY_HEADER, error_body
+from ._metrics import ServiceMetrics, outcome_of
+from ._tracing import TraceContext, parse_traceparent, reset_current_trace, set_current_trace
+
+__all__ = ["ROUTE_SCOPE_KEY", "InboundMiddleware"]
+
+ROUTE_SCOPE_KEY = "garrison.route"
+"""Scope key where the matched endpoint writes its route template (the metrics label)."""
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_DEADLINE_KEY = DEADLINE_HEADER.encode()
+MAX_BUDGET_MS = 24 * 3600 * 1000
+# The method is a metrics label and clients choose it: anything else is counted as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class InboundMiddleware:
+    """Deadline, trace context and inbound metrics for every request of a service."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        budget_ms: int | None = None
+        bad_budget: bytes | None = None
+        traceparent = tracestate = None
+        for key, value in scope["headers"]:
+            if key == _DEADLINE_KEY:
+                try:
+                    budget_ms = int(value)
+                except ValueError:
+                    budget_ms = -1
+                if not 0 <= budget_ms <= MAX_BUDGET_MS:
+                    bad_budget = value
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")
+        parent = parse_traceparent(traceparent, tracestate)
+        span = parent.child() if parent is not None else TraceContext.new()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics = self.metrics
+        metrics.inflight_in.inc()
+        start = time.perf_counter()
+        trace_token = set_current_trace(span)
+        try:
+            if bad_budget is not None:  # counted like any other request: nothing is lost
+                status = 400
+                await _send_error(
+                    send,
+                    400,
+                    "bad_request",
+                    f"header {DEADLINE_HEADER} must be an integer number of milliseconds "
+                    f"in [0, {MAX_BUDGET_MS}], got {bad_budget[:40].decode('latin-1')!r}",
+                )
+            elif budget_ms is None:
+                await self.app(scope, receive, send_wrapper)
+            elif budget_ms == 0:
+                status = 504
+                await _send_deadline(send)
+            else:
+                timeout = asyncio.timeout(budget_ms / 1000)
+                try:
+                    with deadline_scope(budget_ms / 1000):
+                        async with timeout:
+                            await self.app(scope, receive, send_wrapper)
+                except TimeoutError:
+                    if not timeout.expired():  # not our deadline: not ours to answer
+                        raise
+                    if status == 0:  # nothing sent yet: we can still answer
+                        status = 504
+                        await _send_deadline(send)
+                    else:  # cut off mid-response: the caller got no whole answer
+                        status = 0
+        finally:
+            reset_current_trace(trace_token)
+            metrics.inflight_in.dec()
+            route = scope.get(ROUTE_SCOPE_KEY, "<unmatched>")
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            latency, outcomes = metrics.inbound(method, route)
+            latency.observe(time.perf_counter() - start)
+            outcomes[outcome_of(status or None)].inc()
+
+
+async def _send_deadline(send: Send) -> None:
+    await _send_error(
+        send,
+        504,
+        "deadline_exceeded",
+        "the caller's deadline was spent before the request completed",
+        extra=[(NO_RETRY_HEADER.encode(), b"1")],
+    )
+
+
+async def _send_error(
+    send: Send, status: int, code: str, message: str, extra: list[Any] | None = None
+) -> None:
+    body = error_body(code, message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

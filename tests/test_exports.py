@@ -1,0 +1,105 @@
+"""Pin the public face of each package, so that nothing leaks into it or vanishes by accident.
+
+To pin another package, add its sorted export list to ``EXPORTS``.
+"""
+
+from __future__ import annotations
+import __future__
+
+import importlib
+import inspect
+import types
+
+import pytest
+
+EXPORTS: dict[str, list[str]] = {
+    "garrison.core": [
+        "AppConfig",
+        "ClientConfig",
+        "Clock",
+        "ConfigError",
+        "DEADLINE_HEADER",
+        "Deadline",
+        "DeadlineExceeded",
+        "DevConfig",
+        "FakeClock",
+        "GarrisonConfig",
+        "GarrisonError",
+        "InvalidInput",
+        "JsonFormatter",
+        "LogConfig",
+        "NotFound",
+        "RemoteError",
+        "RemoteProtocolError",
+        "RemoteStatusError",
+        "ServiceConfig",
+        "ServiceUnavailable",
+        "SystemClock",
+        "TransportError",
+        "UsageError",
+        "configure_logging",
+        "current_deadline",
+        "deadline_scope",
+        "from_builtins",
+        "get_logger",
+        "json_decode",
+        "json_encode",
+        "load_config",
+        "msgpack_decode",
+        "msgpack_encode",
+        "new_id",
+        "new_uuid7",
+        "parse_config",
+        "remaining",
+        "uuid7_time",
+    ],
+}
+
+PACKAGES = sorted(EXPORTS)
+
+
+def public_names(module: types.ModuleType) -> set[str]:
+    """Names a user could import: not private, not a submodule, not a ``__future__`` feature."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType | __future__._Feature)
+    }
+
+
+def test_pinned_lists_are_sorted_and_unique() -> None:
+    for names in EXPORTS.values():
+        assert names == sorted(set(names))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_all_is_pinned(package: str) -> None:
+    module = importlib.import_module(package)
+    assert len(module.__all__) == len(set(module.__all__)), "duplicates in __all__"
+    assert sorted(module.__all__) == EXPORTS[package]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_name_in_all_exists(package: str) -> None:
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_nothing_public_is_missing_from_all(package: str) -> None:
+    module = importlib.import_module(package)
+    assert public_names(module) - set(module.__all__) == set()
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exported_classes_and_functions_are_documented_and_defined_inside(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert inspect.getdoc(value), f"{package}.{name} has no docstring"
+            assert value.__module__.startswith(package + "."), (
+                f"{package}.{name} comes from {value.__module__}"
+            )
