@@ -73,7 +73,7 @@ def test_config_error_is_a_usage_error() -> None:
 def test_defaults_when_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(env={})
-    assert cfg == GarrisonConfig(root=str(tmp_path.resolve()))
+    assert cfg == GarrisonConfig(root=str(tmp_path.resolve()), source="garrison.toml")
     assert cfg.app == AppConfig(name="app", data_dir=".garrison")
     assert cfg.services == {}
     assert cfg.client == ClientConfig()
@@ -228,7 +228,9 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, 'colour = "blue"\n')
     err = load_error(path)
     assert_names(err, source=str(path), key="colour", expected="unknown key")
-    assert "expected one of: app, client, dev, log, services" in str(err)
+    assert "expected one of: app, client, dev, gateway, identity, log, resilience, services" in str(
+        err
+    )
 
 
 def test_unknown_key_in_a_section(tmp_path: Path) -> None:

@@ -22,9 +22,12 @@ from garrison.core import (
     GarrisonConfig,
     InvalidInput,
     NotFound,
+    PermissionDenied,
+    RemoteProtocolError,
     RemoteStatusError,
     ServiceUnavailable,
     TransportError,
+    Unauthenticated,
     UsageError,
     current_deadline,
     parse_config,
@@ -249,6 +252,9 @@ ERRORS: dict[str, BaseException] = {
     "transport": TransportError("GET http://10.9.8.7:8000/x: ClientConnectorError: refused"),
     "config": ConfigError("no service named 'bck'", key="services.bck"),
     "crash": RuntimeError("password=hunter2"),
+    "unauthenticated": Unauthenticated("token expired", reason="expired"),
+    "forbidden": PermissionDenied("scope fleet:write required", reason="missing_scope"),
+    "protocol": RemoteProtocolError("back/x: invalid response body"),
 }
 
 
@@ -276,6 +282,9 @@ def failing() -> Service:
         ("transport", 502, "upstream_error"),
         ("config", 500, "internal"),
         ("crash", 500, "internal"),
+        ("unauthenticated", 401, "unauthenticated"),
+        ("forbidden", 403, "forbidden"),
+        ("protocol", 502, "upstream_error"),
     ],
 )
 async def test_handler_exceptions_map_to_json_errors(
@@ -285,6 +294,14 @@ async def test_handler_exceptions_map_to_json_errors(
     assert r.status_code == status
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"] == code
+
+
+async def test_identity_errors_carry_their_reason(failing: Service) -> None:
+    r = await call(failing, "GET", "/fail/unauthenticated")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["detail"] == [{"reason": "expired"}]
+    r = await call(failing, "GET", "/fail/forbidden")
+    assert r.json()["detail"] == [{"reason": "missing_scope"}]
 
 
 async def test_invalid_input_lists_the_fields(failing: Service) -> None:

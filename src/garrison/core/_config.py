@@ -27,7 +27,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
@@ -40,10 +40,13 @@ __all__ = [
     "GarrisonConfig",
     "LogConfig",
     "ServiceConfig",
+    "convert_section",
     "load_config",
     "parse_config",
 ]
 
+T = TypeVar("T")
+_LOADER_KEYS = ("root", "source", "env_origins")
 ENV_PREFIX = "GARRISON_"
 CONFIG_FILE = "garrison.toml"
 
@@ -153,8 +156,21 @@ class GarrisonConfig(_Base, frozen=True):
     client: ClientConfig = ClientConfig()
     log: LogConfig = LogConfig()
     dev: DevConfig = DevConfig()
+    identity: dict[str, Any] = {}
+    """``[identity]``: passport keys and credential resolvers; validated by
+    :mod:`garrison.identity` (see :func:`convert_section`)."""
+    gateway: dict[str, Any] = {}
+    """``[gateway]``: the edge's listener, routes and identity rules; validated by
+    :mod:`garrison.gateway`."""
+    resilience: dict[str, Any] = {}
+    """``[resilience]``: policies per edge; validated by :mod:`garrison.resilience`."""
     root: str = "."
     """The application root (the folder holding ``garrison.toml``); set by the loader."""
+    source: str = "<config>"
+    """Where the configuration came from (the file path); set by the loader."""
+    env_origins: dict[str, str] = {}
+    """Dotted keys set by environment variables, and the variable that set each; set by the
+    loader so that pillars validating their own sections can name the variable."""
 
     def service(self, name: str) -> ServiceConfig:
         """The configuration of service ``name``; :class:`ConfigError` if it is not declared."""
@@ -223,11 +239,18 @@ def parse_config(
         keypath = prefix + key
         return ConfigError(msg, source=where(keypath), key=".".join(keypath))
 
-    if "root" in merged:
-        raise ConfigError(
-            "unknown key (root is set by the loader)", source=where(("root",)), key="root"
-        )
+    for reserved in _LOADER_KEYS:
+        if reserved in merged:
+            raise ConfigError(
+                f"unknown key ({reserved} is set by the loader)",
+                source=where((reserved,)),
+                key=reserved,
+            )
     merged["root"] = root
+    merged["source"] = source
+    merged["env_origins"] = {
+        ".".join(k): v.removeprefix("environment ") for k, v in origins.items()
+    }
 
     # msgspec does not name dict keys in its error paths ("$[...]"), so each service is
     # converted on its own and its errors are given the service's dotted key.
@@ -255,6 +278,38 @@ def parse_config(
     except msgspec.ValidationError as exc:
         raise fail(exc, GarrisonConfig, merged, ()) from None
     return msgspec.structs.replace(cfg, services=services)
+
+
+def convert_section(
+    raw: Any, type_: type[T], *, key: str, config: GarrisonConfig | None = None
+) -> T:
+    """Validate a pillar's part of the configuration (``raw``, found at dotted ``key``).
+
+    Errors become :class:`ConfigError` naming the full dotted key and the source: the
+    environment variable that set it when one did, else the file. A ``ConfigError`` raised by
+    the struct's own checks (``__post_init__``) with a bare field name gets ``key`` prefixed.
+    """
+    source = config.source if config is not None else "<config>"
+    origins = config.env_origins if config is not None else {}
+
+    def origin(dotted: str) -> str:
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            hit = origins.get(".".join(parts[:n]))
+            if hit is not None:
+                return f"environment {hit}"
+        return source
+
+    try:
+        return msgspec.convert(raw, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        msg, sub = _describe(str(exc), type_, raw)
+        dotted = ".".join((key, *sub)) if sub else key
+        raise ConfigError(msg, source=origin(dotted), key=dotted) from None
+    except ConfigError as exc:
+        dotted = f"{key}.{exc.key}" if exc.key else key
+        message = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+        raise ConfigError(message, source=origin(dotted), key=dotted) from None
 
 
 def _deepcopy(value: Any) -> Any:
@@ -377,7 +432,7 @@ def _describe(message: str, tp: Any, node: Any) -> tuple[str, tuple[str, ...]]:
                 known = [
                     f
                     for f in parent.__struct_fields__
-                    if parent is not GarrisonConfig or f != "root"
+                    if parent is not GarrisonConfig or f not in _LOADER_KEYS
                 ]
                 text = f"unknown key; expected one of: {', '.join(sorted(known))}"
             return text, (*keys, field)

@@ -8,7 +8,9 @@ differently: fix the input, or retry / degrade.
     GarrisonError
     ├── UsageError                  the caller did something wrong
     │   ├── ConfigError             a garrison.toml or environment value is invalid
-    │   └── InvalidInput            a request body, parameter or argument is invalid
+    │   ├── InvalidInput            a request body, parameter or argument is invalid
+    │   ├── Unauthenticated         no valid credential / passport (HTTP 401)
+    │   └── PermissionDenied        authenticated, but not allowed (HTTP 403)
     ├── RemoteError                 a peer or the environment failed
     │   ├── DeadlineExceeded        the request's time budget ran out
     │   ├── ServiceUnavailable      no instance could take the call (none known, all failing, shed)
@@ -29,11 +31,13 @@ __all__ = [
     "GarrisonError",
     "InvalidInput",
     "NotFound",
+    "PermissionDenied",
     "RemoteError",
     "RemoteProtocolError",
     "RemoteStatusError",
     "ServiceUnavailable",
     "TransportError",
+    "Unauthenticated",
     "UsageError",
 ]
 
@@ -74,6 +78,26 @@ class InvalidInput(UsageError):
 
 class NotFound(GarrisonError):
     """A named thing does not exist."""
+
+
+class Unauthenticated(UsageError):
+    """The request carries no valid credential or passport (HTTP 401).
+
+    ``reason`` is a short machine-readable code (``expired``, ``bad_signature``,
+    ``unknown_key`` ...) safe to show a client; the message says more for the logs.
+    """
+
+    def __init__(self, message: str, *, reason: str = "unauthenticated") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PermissionDenied(UsageError):
+    """The identity is known but lacks what the route requires (HTTP 403)."""
+
+    def __init__(self, message: str, *, reason: str = "forbidden") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class RemoteError(GarrisonError):

@@ -22,8 +22,10 @@ from garrison.core import (
     GarrisonError,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     RemoteStatusError,
     ServiceUnavailable,
+    Unauthenticated,
     UsageError,
     json_encode,
 )
@@ -50,6 +52,14 @@ def error_response(exc: BaseException) -> Response:
     """Map an exception raised while handling a request to a JSON response."""
     if isinstance(exc, InvalidInput):
         return _json(422, error_body("invalid_input", str(exc), exc.errors))
+    if isinstance(exc, Unauthenticated):
+        return _json(
+            401,
+            error_body("unauthenticated", str(exc), [{"reason": exc.reason}]),
+            {"www-authenticate": "Bearer"},
+        )
+    if isinstance(exc, PermissionDenied):
+        return _json(403, error_body("forbidden", str(exc), [{"reason": exc.reason}]))
     if isinstance(exc, NotFound):
         return _json(404, error_body("not_found", str(exc)))
     if isinstance(exc, ConfigError):
