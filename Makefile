@@ -10,7 +10,7 @@ B ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,redis,nats,mqtt]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,postgres,redis,nats,mqtt]'
 	touch $(STAMP)
 
 install: $(STAMP)

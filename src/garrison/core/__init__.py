@@ -15,7 +15,15 @@ from ._config import (
     load_config,
     parse_config,
 )
-from ._deadline import DEADLINE_HEADER, Deadline, current_deadline, deadline_scope, remaining
+from ._deadline import (
+    DEADLINE_HEADER,
+    Deadline,
+    current_deadline,
+    deadline_scope,
+    pop_deadline,
+    push_deadline,
+    remaining,
+)
 from ._errors import (
     ConfigError,
     DeadlineExceeded,
@@ -34,6 +42,7 @@ from ._errors import (
 from ._ids import new_id, new_uuid7, uuid7_time
 from ._logging import JsonFormatter, configure_logging, get_logger
 from ._serde import from_builtins, json_decode, json_encode, msgpack_decode, msgpack_encode
+from ._timeouts import TimeoutWheel, default_wheel
 
 __all__ = [
     "AppConfig",
@@ -58,6 +67,7 @@ __all__ = [
     "ServiceConfig",
     "ServiceUnavailable",
     "SystemClock",
+    "TimeoutWheel",
     "TransportError",
     "Unauthenticated",
     "UsageError",
@@ -65,6 +75,7 @@ __all__ = [
     "convert_section",
     "current_deadline",
     "deadline_scope",
+    "default_wheel",
     "from_builtins",
     "get_logger",
     "json_decode",
@@ -75,6 +86,8 @@ __all__ = [
     "new_id",
     "new_uuid7",
     "parse_config",
+    "pop_deadline",
+    "push_deadline",
     "remaining",
     "uuid7_time",
 ]

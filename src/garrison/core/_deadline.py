@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 from ._errors import DeadlineExceeded
 
-__all__ = ["DEADLINE_HEADER", "Deadline", "current_deadline", "deadline_scope", "remaining"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "Deadline",
+    "current_deadline",
+    "deadline_scope",
+    "pop_deadline",
+    "push_deadline",
+    "remaining",
+]
 
 DEADLINE_HEADER = "garrison-timeout-ms"
 
@@ -62,6 +70,21 @@ def remaining() -> float | None:
     """Seconds left in the current deadline, or ``None`` if there is none."""
     d = _current.get()
     return None if d is None else d.remaining()
+
+
+def push_deadline(seconds: float) -> contextvars.Token[Deadline | None]:
+    """Enter a deadline ``seconds`` from now (never later than the current one); hot-path form
+    of :func:`deadline_scope`. Pass the returned token to :func:`pop_deadline`."""
+    new = Deadline(time.monotonic() + seconds)
+    outer = _current.get()
+    if outer is not None and outer.at <= new.at:
+        new = outer
+    return _current.set(new)
+
+
+def pop_deadline(token: contextvars.Token[Deadline | None]) -> None:
+    """Leave the deadline entered by :func:`push_deadline`."""
+    _current.reset(token)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,603 @@
+"""The pipeline: every policy of one edge composed into a single call path.
+
+Theory of operation
+-------------------
+A :class:`Pipeline` is built once from a :class:`PolicyConfig` and shared by every call on its
+edge. The order of the policies is fixed and documented (outermost first)::
+
+    fallback                 catches what is left after everything below gave up
+      retry + budget         each attempt goes through everything below, again
+        (hedging)            instead of waiting out a slow attempt, race a second one
+          rate limit         token bucket: refuse beyond the configured rate
+          adaptive throttle  the SRE client-side formula: refuse locally what the callee refuses
+          circuit breaker    refuse while the callee is failing; probe it when half-open
+          bulkhead           cap the calls in flight, queue a few, time the queue out
+          concurrency limit  adaptive (Gradient2/AIMD/Vegas) limit, sheds low criticality first
+            attempt timeout  cancel an attempt that outlives its budget
+              the call
+
+Why this order: local refusals (rate, throttle, breaker, bulkhead, limiter) happen before
+anything is spent and are never reported to the breaker as the callee's failures; the breaker
+sits outside the bulkhead so a full bulkhead does not open it; the limiter is innermost so the
+latency it learns from is the callee's, not the queue's; retries wrap everything so that each
+attempt is admitted afresh (a retry during an open breaker is refused, not sent).
+
+The path is written as one flat coroutine, not as a chain of nested wrappers: each policy costs
+a method call on its sans-I/O core, and the whole pipeline adds a few microseconds per call.
+Per-attempt timeouts use the shared :class:`~garrison.core.TimeoutWheel` (about 1 µs) unless the
+attempt enforces its budget itself (an HTTP transport does: ``native_timeout``).
+
+Shadow mode: a policy named in ``shadow`` decides as usual but never refuses; the refusals it
+would have made are counted (:attr:`Pipeline.shadow_rejections`) and announced as events, so an
+operator can try a policy on live traffic before enforcing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from garrison.core import (
+    Clock,
+    DeadlineExceeded,
+    SystemClock,
+    current_deadline,
+    default_wheel,
+)
+
+from ._base import Criticality, Listener, PolicyEvent, Rejected, emit
+from ._breaker import BreakerConfig, CircuitBreaker
+from ._budget import RetryBudget, RetryBudgetConfig
+from ._bulkhead import AsyncBulkhead, BulkheadConfig
+from ._hedge import HedgeConfig, Hedger
+from ._limiter import ConcurrencyLimiter, LimiterConfig, Token
+from ._outlier import OutlierConfig
+from ._ratelimit import RateLimitConfig, TokenBucket
+from ._retry import Retrier, RetryPolicy
+from ._throttle import AdaptiveThrottle, ThrottleConfig
+
+__all__ = ["Outcome", "Pipeline", "PolicyConfig", "POLICY_NAMES"]
+
+T = TypeVar("T")
+
+POLICY_NAMES = (
+    "timeout",
+    "retry",
+    "retry_budget",
+    "hedge",
+    "rate_limit",
+    "throttle",
+    "breaker",
+    "bulkhead",
+    "limiter",
+    "outlier",
+)
+"""The policies a :class:`PolicyConfig` can hold, in pipeline order (outlier detection acts in
+the load balancer, not in the pipeline)."""
+_SHADOWABLE = frozenset({"rate_limit", "throttle", "breaker", "bulkhead", "limiter"})
+
+
+class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The policies of one edge (or route); absent policies are off."""
+
+    timeout: float | None = None
+    """Budget of one attempt, in seconds (the caller's deadline may cut it shorter)."""
+    retry: RetryPolicy | None = None
+    """Retries with backoff and full jitter."""
+    retry_budget: RetryBudgetConfig | None = None
+    """Retries as a share of recent requests; with ``retry`` and no budget, a default one."""
+    hedge: HedgeConfig | None = None
+    """Hedged attempts for slow calls (only for idempotent calls)."""
+    rate_limit: RateLimitConfig | None = None
+    """A local token bucket."""
+    throttle: ThrottleConfig | None = None
+    """Client-side adaptive throttling (Google SRE)."""
+    breaker: BreakerConfig | None = None
+    """A circuit breaker."""
+    bulkhead: BulkheadConfig | None = None
+    """A concurrency cap with a bounded queue."""
+    limiter: LimiterConfig | None = None
+    """An adaptive concurrency limit with criticality-aware shedding."""
+    outlier: OutlierConfig | None = None
+    """Outlier detection: the balancer ejects failing instances (quarantine)."""
+    shadow: tuple[str, ...] = ()
+    """Policies that only record what they would have refused."""
+
+    def __post_init__(self) -> None:
+        from garrison.core import ConfigError
+
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"expected seconds > 0; got {self.timeout!r}", key="timeout")
+        for name in self.shadow:
+            if name not in _SHADOWABLE:
+                raise ConfigError(
+                    f"cannot shadow {name!r}; expected one of {sorted(_SHADOWABLE)}",
+                    key="shadow",
+                )
+            if getattr(self, name) is None:
+                raise ConfigError(f"shadows {name!r}, which is not configured", key="shadow")
+        if self.hedge is not None and self.retry is not None:
+            raise ConfigError(
+                "hedge and retry cannot be combined on one edge: hedging already sends extra "
+                "attempts; choose one",
+                key="hedge",
+            )
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How an attempt that returned a value went, for results that carry a status (HTTP)."""
+
+    status: int | None = None
+    """The status the callee answered, if any."""
+    retry_after: str | None = None
+    """The callee's Retry-After header value, if any."""
+    no_retry: bool = False
+    """The callee said not to retry (``garrison-no-retry``)."""
+
+
+_OK = Outcome()
+Attempt = Callable[[float | None], Awaitable[T]]
+"""One attempt: called with its timeout in seconds (or None) and returning the result."""
+Classify = Callable[[Any], Outcome]
+
+
+def _is_failure(status: int | None) -> bool:
+    return status is not None and status >= 500
+
+
+def _is_overload(status: int | None) -> bool:
+    return status == 429 or status == 503
+
+
+class Pipeline:
+    """Every policy of one edge, composed; shared by all calls on the edge.
+
+    Build with :meth:`from_config`; call with :meth:`call` (any async function) or
+    :meth:`execute` (an attempt function that receives its timeout, e.g. an HTTP request whose
+    transport enforces it).
+    """
+
+    def __init__(
+        self,
+        config: PolicyConfig | None = None,
+        *,
+        name: str = "pipeline",
+        version: int = 1,
+        clock: Clock | None = None,
+        fallback: Callable[[BaseException], Awaitable[Any]] | None = None,
+    ) -> None:
+        cfg = config or PolicyConfig()
+        self.config = cfg
+        self.name = name
+        """The edge this pipeline protects (``caller->callee`` or ``caller->callee /route``)."""
+        self.version = version
+        """Bumped by the registry on every replacement; in-flight calls keep their version."""
+        self._clock = clock or SystemClock()
+        self.fallback = fallback
+        clk = self._clock
+        self.timeout = cfg.timeout
+        budget = None
+        if cfg.retry is not None or cfg.retry_budget is not None:
+            budget = RetryBudget(cfg.retry_budget or RetryBudgetConfig(), clock=clk)
+        self.budget = budget
+        self.retrier = Retrier(cfg.retry, budget=budget, clock=clk) if cfg.retry else None
+        self.hedger = Hedger(cfg.hedge, clock=clk) if cfg.hedge else None
+        self.rate = TokenBucket(cfg.rate_limit, clock=clk) if cfg.rate_limit else None
+        self.throttle = (
+            AdaptiveThrottle(cfg.throttle, name=name, clock=clk) if cfg.throttle else None
+        )
+        self.breaker = CircuitBreaker(cfg.breaker, name=name, clock=clk) if cfg.breaker else None
+        self.bulkhead = AsyncBulkhead(cfg.bulkhead, name=name, clock=clk) if cfg.bulkhead else None
+        self.limiter = (
+            ConcurrencyLimiter(cfg.limiter, name=name, clock=clk) if cfg.limiter else None
+        )
+        self.shadow = frozenset(cfg.shadow)
+        self.shadow_rejections: dict[str, int] = dict.fromkeys(sorted(self.shadow), 0)
+        """Refusals each shadowed policy would have made."""
+        self.rejections: dict[str, int] = {}
+        """Refusals made, by policy."""
+        self.calls = 0
+        """Calls started (attempts and retries counted once)."""
+        self.attempts = 0
+        """Attempts sent to the callee."""
+        self.failures = 0
+        """Calls that ended in an exception after every retry."""
+        self._listeners: list[Listener] = []
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig, **kw: Any) -> Pipeline:
+        """A pipeline of the policies in ``config`` (see :class:`Pipeline` for ``kw``)."""
+        return cls(config, **kw)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive the :class:`PolicyEvent` of every policy of this pipeline."""
+        self._listeners.append(listener)
+        for core in (self.breaker, self.limiter):
+            if core is not None:
+                core.add_listener(listener)
+
+    def _refuse(self, policy: str, rejection: Rejected) -> None:
+        """Count a refusal; raise it unless the policy is in shadow mode."""
+        if policy in self.shadow:
+            self.shadow_rejections[policy] += 1
+            if self._listeners:
+                emit(
+                    self._listeners,
+                    PolicyEvent(
+                        policy,
+                        self.name,
+                        "shadow_rejection",
+                        self._clock.monotonic(),
+                        {"reason": rejection.reason},
+                    ),
+                )
+            return
+        self.rejections[policy] = self.rejections.get(policy, 0) + 1
+        raise rejection
+
+    # -- the call path -------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` through the pipeline (timeouts by the shared wheel)."""
+
+        def attempt(_: float | None) -> Awaitable[T]:
+            return fn(*args, **kwargs)
+
+        return await self.execute(attempt, native_timeout=False)
+
+    async def execute(
+        self,
+        attempt: Attempt[T],
+        *,
+        criticality: Criticality = Criticality.DEFAULT,
+        may_retry: bool = True,
+        classify: Classify | None = None,
+        native_timeout: bool = True,
+    ) -> T:
+        """Run ``attempt`` through every policy; retried attempts call it again.
+
+        ``attempt(timeout)`` gets the budget of that attempt: the smaller of the edge's
+        ``timeout`` and the caller's remaining deadline (``None`` when there is neither).
+        With ``native_timeout`` the attempt enforces it itself; otherwise the pipeline cancels
+        it. ``classify(result)`` reads the status of a result (HTTP); a status of 500 or more
+        counts as the callee's failure, 429/503 as overload, and a status the retry policy
+        names is retried. ``may_retry`` is False when another layer retries this call.
+        """
+        self.calls += 1
+        if self.fallback is None:
+            if self.hedger is not None:
+                return await self._hedged(attempt, criticality, classify, native_timeout)
+            return await self._run(attempt, criticality, may_retry, classify, native_timeout)
+        try:
+            if self.hedger is not None:
+                return await self._hedged(attempt, criticality, classify, native_timeout)
+            return await self._run(attempt, criticality, may_retry, classify, native_timeout)
+        except Exception as exc:  # the fallback's job is precisely to catch what is left
+            result: T = await self.fallback(exc)
+            return result
+
+    async def _run(
+        self,
+        attempt: Attempt[T],
+        criticality: Criticality,
+        may_retry: bool,
+        classify: Classify | None,
+        native_timeout: bool,
+    ) -> T:
+        # One flat loop: admission, the call and the reports inline, so that the success path
+        # is a handful of method calls on the cores and no extra coroutine frames.
+        retrier = self.retrier
+        if self.budget is not None:
+            self.budget.record_request()
+        breaker = self.breaker
+        bulkhead = self.bulkhead
+        limiter = self.limiter
+        n = 0
+        while True:
+            n += 1
+            deadline = current_deadline()
+            left = None if deadline is None else deadline.remaining()
+            permit = self._admit(criticality, left)
+            in_bulkhead = False
+            if bulkhead is not None:
+                if bulkhead.core.try_acquire():
+                    in_bulkhead = True
+                else:
+                    in_bulkhead = await self._wait_bulkhead(criticality, permit)
+            token: Token | None = None
+            if limiter is not None:
+                token = self._acquire_limiter(criticality, left, permit, in_bulkhead)
+            budget = self.timeout
+            if left is not None and (budget is None or left < budget):
+                budget = left
+            self.attempts += 1
+            start = time.monotonic()
+            try:
+                if native_timeout or budget is None:
+                    result = await attempt(budget)
+                else:
+                    wheel = default_wheel()
+                    entry = wheel.enter(budget)
+                    try:
+                        result = await attempt(budget)
+                    except asyncio.CancelledError:
+                        if wheel.leave(entry, True):
+                            raise TimeoutError(f"{self.name}: attempt timed out") from None
+                        raise
+                    wheel.leave(entry, False)
+            except BaseException as exc:
+                self._report(exc, None, time.monotonic() - start, permit, in_bulkhead, token)
+                if retrier is None or isinstance(exc, asyncio.CancelledError):
+                    if not isinstance(exc, asyncio.CancelledError):
+                        self.failures += 1
+                    raise
+                deadline = current_deadline()
+                d = retrier.decide(
+                    n,
+                    error=exc,
+                    remaining=None if deadline is None else deadline.remaining(),
+                    may_retry=may_retry,
+                )
+                if not d.retry:
+                    self.failures += 1
+                    raise
+                await self._clock.sleep(d.delay)
+                continue
+            # -- the success path --
+            outcome = _OK if classify is None else classify(result)
+            status = outcome.status
+            if status is None or status < 429:
+                if in_bulkhead:
+                    bulkhead.release()  # type: ignore[union-attr]
+                if permit is not None:
+                    breaker.on_success(time.monotonic() - start, permit)  # type: ignore[union-attr]
+                if token is not None:
+                    token.on_success()
+                if self.throttle is not None:
+                    self.throttle.on_accepted()
+                return result
+            self._report(None, status, time.monotonic() - start, permit, in_bulkhead, token)
+            if retrier is None:
+                return result
+            deadline = current_deadline()
+            d = retrier.decide(
+                n,
+                status=status,
+                retry_after=outcome.retry_after,
+                no_retry=outcome.no_retry,
+                remaining=None if deadline is None else deadline.remaining(),
+                may_retry=may_retry,
+            )
+            if not d.retry:
+                return result
+            await self._clock.sleep(d.delay)
+
+    def _admit(self, criticality: Criticality, left: float | None) -> int | None:
+        """The synchronous admissions (rate, throttle, breaker); returns the breaker permit."""
+        rate = self.rate
+        if rate is not None and not rate.try_acquire():
+            self._refuse(
+                "rate_limit", Rejected("rate_limit", "rate exceeded", retry_after=rate.wait_time())
+            )
+        throttle = self.throttle
+        if throttle is not None and not throttle.try_acquire(criticality):
+            self._refuse("throttle", Rejected("throttle", "callee refuses most calls"))
+        permit: int | None = None
+        breaker = self.breaker
+        if breaker is not None:
+            try:
+                permit = breaker.acquire()
+            except Rejected as rej:
+                self._refuse("breaker", rej)
+        if left is not None and left <= 0:
+            if permit is not None:
+                breaker.on_ignored(permit)  # type: ignore[union-attr]
+            raise DeadlineExceeded(f"{self.name}: deadline spent before the attempt")
+        return permit
+
+    async def _wait_bulkhead(self, criticality: Criticality, permit: int | None) -> bool:
+        """The bulkhead is full: queue (or be refused); True once a slot is held."""
+        assert self.bulkhead is not None
+        try:
+            await self.bulkhead.acquire(criticality)
+        except Rejected as rej:
+            if permit is not None:
+                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+            self._refuse("bulkhead", rej)
+            return False  # shadow mode: proceed without a slot
+        except BaseException:
+            if permit is not None:
+                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+            raise
+        return True
+
+    def _acquire_limiter(
+        self, criticality: Criticality, left: float | None, permit: int | None, in_bulkhead: bool
+    ) -> Token | None:
+        assert self.limiter is not None
+        try:
+            return self.limiter.acquire(criticality, left)
+        except Rejected as rej:
+            if in_bulkhead:
+                self.bulkhead.release()  # type: ignore[union-attr]
+            if permit is not None:
+                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+            self._refuse("limiter", rej)
+            return None
+
+    def _report(
+        self,
+        error: BaseException | None,
+        status: int | None,
+        duration: float,
+        permit: int | None,
+        in_bulkhead: bool,
+        token: Token | None,
+    ) -> None:
+        """Report an attempt that did not simply succeed (an error, or a status >= 429)."""
+        if in_bulkhead:
+            self.bulkhead.release()  # type: ignore[union-attr]
+        cancelled = isinstance(error, asyncio.CancelledError)
+        overload = _is_overload(status) or isinstance(error, Rejected)
+        breaker = self.breaker
+        if breaker is not None and permit is not None:
+            if cancelled:
+                breaker.on_ignored(permit)
+            elif error is not None or _is_failure(status):
+                breaker.on_failure(duration, permit)
+            else:
+                breaker.on_success(duration, permit)
+        if token is not None:
+            if cancelled:
+                token.on_ignore()
+            elif overload or isinstance(error, TimeoutError | DeadlineExceeded):
+                token.on_dropped()
+            elif error is not None:
+                token.on_ignore()
+            else:
+                token.on_success()
+        throttle = self.throttle
+        if throttle is not None and not cancelled:
+            if overload:
+                throttle.on_rejected()
+            else:
+                throttle.on_accepted()
+
+    async def _attempt(
+        self,
+        attempt: Attempt[T],
+        criticality: Criticality,
+        classify: Classify | None,
+        native_timeout: bool,
+    ) -> T:
+        """One admitted attempt, for hedging (the plain path inlines the same steps)."""
+        deadline = current_deadline()
+        left = None if deadline is None else deadline.remaining()
+        permit = self._admit(criticality, left)
+        in_bulkhead = False
+        if self.bulkhead is not None:
+            if self.bulkhead.core.try_acquire():
+                in_bulkhead = True
+            else:
+                in_bulkhead = await self._wait_bulkhead(criticality, permit)
+        token = None
+        if self.limiter is not None:
+            token = self._acquire_limiter(criticality, left, permit, in_bulkhead)
+        budget = self.timeout
+        if left is not None and (budget is None or left < budget):
+            budget = left
+        self.attempts += 1
+        start = time.monotonic()
+        try:
+            if native_timeout or budget is None:
+                result = await attempt(budget)
+            else:
+                async with default_wheel().timeout(budget):
+                    result = await attempt(budget)
+        except BaseException as exc:
+            self._report(exc, None, time.monotonic() - start, permit, in_bulkhead, token)
+            raise
+        status = classify(result).status if classify is not None else None
+        self._report(None, status, time.monotonic() - start, permit, in_bulkhead, token)
+        return result
+
+    async def _hedged(
+        self,
+        attempt: Attempt[T],
+        criticality: Criticality,
+        classify: Classify | None,
+        native_timeout: bool,
+    ) -> T:
+        """Race attempts: after the hedge delay with no answer, send another (budget allowing)."""
+        hedger = self.hedger
+        assert hedger is not None
+        hedger.record_request()
+        start = time.monotonic()
+        pending: set[asyncio.Task[T]] = {
+            asyncio.ensure_future(self._attempt(attempt, criticality, classify, native_timeout))
+        }
+        sent = 1
+        last_error: BaseException | None = None
+        last_result: list[T] = []
+        try:
+            while pending:
+                deadline = current_deadline()
+                left = None if deadline is None else deadline.remaining()
+                wait = hedger.delay() if hedger.should_hedge(sent, remaining=left) else None
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # the delay passed with no answer: hedge
+                    sent += 1
+                    pending.add(
+                        asyncio.ensure_future(
+                            self._attempt(attempt, criticality, classify, native_timeout)
+                        )
+                    )
+                    continue
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        last_error = exc
+                        continue
+                    result = task.result()
+                    status = classify(result).status if classify is not None else None
+                    if _is_failure(status) and pending:
+                        last_result = [result]  # a failure; another attempt may still win
+                        continue
+                    hedger.record_latency(time.monotonic() - start)
+                    return result
+            if last_result:
+                return last_result[0]
+            assert last_error is not None
+            self.failures += 1
+            raise last_error
+        finally:
+            for task in pending:
+                task.cancel()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state of every policy, for metrics, the CLI and the control plane."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "calls": self.calls,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "rejections": dict(self.rejections),
+            "shadow": sorted(self.shadow),
+            "shadow_rejections": dict(self.shadow_rejections),
+        }
+        if self.breaker is not None:
+            m = self.breaker.metrics()
+            out["breaker"] = {
+                "state": m.state.value,
+                "failure_rate": m.failure_rate,
+                "slow_call_rate": m.slow_call_rate,
+                "not_permitted": m.not_permitted_calls,
+            }
+        if self.limiter is not None:
+            s = self.limiter.snapshot()
+            out["limiter"] = {"limit": s.limit, "inflight": s.inflight, "rejected": s.rejected}
+        if self.bulkhead is not None:
+            core = self.bulkhead.core
+            out["bulkhead"] = {"active": core.active, "waiting": core.waiting}
+        if self.retrier is not None:
+            out["retry"] = {
+                "retries": self.retrier.retries,
+                "gave_up": {k.value: v for k, v in self.retrier.stops.items() if v},
+            }
+        if self.throttle is not None:
+            out["throttle"] = {"reject_probability": self.throttle.reject_probability}
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name} v{self.version}>"

@@ -1,0 +1,159 @@
+"""The live pipelines of one process, replaceable while it runs.
+
+A :class:`PolicyRegistry` hands out the :class:`Pipeline` of each edge (and route) and of each
+service's door, built on first use from :class:`ResilienceSettings`. An operator (the control
+plane, a test) replaces an edge's policies with :meth:`PolicyRegistry.replace`: the new pipeline
+is built and validated first, then swapped in with one assignment, so a call either runs wholly
+on the old pipeline or wholly on the new one — calls in flight finish under the version they
+started with — and a bad replacement is refused without touching what runs.
+
+State (breaker windows, limits) is not carried over to a replacement: a new configuration starts
+from a clean slate, which is what an operator changing a policy expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from garrison.core import Clock
+
+from ._base import Listener, PolicyEvent, emit
+from ._pipeline import Pipeline, PolicyConfig
+from ._settings import ResilienceSettings, _validate_layer, edge_key, parse_policy
+
+__all__ = ["PolicyRegistry"]
+
+_Key = tuple[str, str, str | None]
+
+
+class PolicyRegistry:
+    """Pipelines per (caller, callee, route) and per service door; live-replaceable."""
+
+    def __init__(
+        self, settings: ResilienceSettings | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings or ResilienceSettings()
+        self._clock = clock
+        self._pipelines: dict[_Key, Pipeline] = {}
+        self._inbound: dict[str, Pipeline] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+
+    # -- lookups (hot path: one dict lookup once built) ----------------------------------------
+
+    def pipeline(self, caller: str, callee: str, route: str | None = None) -> Pipeline:
+        """The pipeline of a call; route-specific only when that route has its own policies."""
+        key = (caller, callee, route)
+        p = self._pipelines.get(key)
+        if p is None:
+            p = self._build(caller, callee, route)
+        return p
+
+    def inbound(self, service: str) -> Pipeline:
+        """The pipeline at the door of ``service``."""
+        p = self._inbound.get(service)
+        if p is None:
+            p = self._inbound[service] = Pipeline(
+                self.settings.inbound_policy(service),
+                name=f"->{service}",
+                clock=self._clock,
+            )
+            self._attach(p)
+        return p
+
+    def _build(self, caller: str, callee: str, route: str | None) -> Pipeline:
+        edge = edge_key(caller, callee)
+        layers = self.settings.layers(caller, callee, route)
+        if edge in self._overrides:
+            layers.append((f"override {edge}", self._overrides[edge]))
+        name = edge if route is None else f"{edge} {route}"
+        if route is not None and not self.settings.has_route_policies(caller, callee, route):
+            p = self.pipeline(caller, callee)  # share the edge's pipeline (one breaker per edge)
+        else:
+            p = Pipeline(
+                parse_policy(layers),
+                name=name,
+                version=self._versions.get(edge, 1),
+                clock=self._clock,
+            )
+            self._attach(p)
+        self._pipelines[(caller, callee, route)] = p
+        return p
+
+    def _attach(self, p: Pipeline) -> None:
+        for listener in self._listeners:
+            p.add_listener(listener)
+
+    # -- live changes --------------------------------------------------------------------------
+
+    def replace(self, caller: str, callee: str, policies: Mapping[str, Any]) -> int:
+        """Replace the operator override of an edge with ``policies`` (a table as in
+        garrison.toml; ``false`` switches an inherited policy off; ``{}`` clears the override).
+
+        Validates and builds first; on success swaps every pipeline of the edge at once and
+        returns the edge's new version. Raises :class:`ConfigError` and changes nothing when
+        ``policies`` is invalid.
+        """
+        edge = edge_key(caller, callee)
+        layer = _validate_layer(dict(policies), f"override {edge}", None)
+        version = self._versions.get(edge, 1) + 1
+        # Build the replacements before touching anything, so that a bad combination fails here.
+        old_keys = [k for k in self._pipelines if k[0] == caller and k[1] == callee]
+        routes = {k[2] for k in old_keys} | {None}
+        fresh: dict[_Key, Pipeline] = {}
+        for route in sorted(routes, key=lambda r: (r is not None, r or "")):
+            layers = self.settings.layers(caller, callee, route)
+            if layer:
+                layers.append((f"override {edge}", layer))
+            if route is not None and not self.settings.has_route_policies(caller, callee, route):
+                fresh[(caller, callee, route)] = fresh[(caller, callee, None)]
+                continue
+            p = Pipeline(parse_policy(layers), name=edge if route is None else f"{edge} {route}",
+                         version=version, clock=self._clock)  # fmt: skip
+            self._attach(p)
+            fresh[(caller, callee, route)] = p
+        if layer:
+            self._overrides[edge] = layer
+        else:
+            self._overrides.pop(edge, None)
+        self._versions[edge] = version
+        self._pipelines.update(fresh)  # the swap: later lookups see the new pipelines
+        if self._listeners:
+            emit(
+                self._listeners,
+                PolicyEvent("pipeline", edge, "replaced", 0.0, {"version": version}),
+            )
+        return version
+
+    def override(self, caller: str, callee: str) -> dict[str, Any]:
+        """The operator override of an edge (empty when none)."""
+        return dict(self._overrides.get(edge_key(caller, callee), {}))
+
+    def version(self, caller: str, callee: str) -> int:
+        """The current version of an edge's pipelines (1 until replaced)."""
+        return self._versions.get(edge_key(caller, callee), 1)
+
+    def effective(self, caller: str, callee: str, route: str | None = None) -> PolicyConfig:
+        """The policies a call on this edge runs with now."""
+        return self.pipeline(caller, callee, route).config
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive the events of every pipeline, present and future."""
+        self._listeners.append(listener)
+        seen: set[int] = set()
+        for p in [*self._pipelines.values(), *self._inbound.values()]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                p.add_listener(listener)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every pipeline's state (see :meth:`Pipeline.snapshot`)."""
+        seen: set[int] = set()
+        out = []
+        for p in [*self._pipelines.values(), *self._inbound.values()]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p.snapshot())
+        return out
