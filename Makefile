@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-LINTED := $(wildcard src tests bench examples)
+LINTED := $(wildcard src tests bench examples scripts)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

@@ -373,7 +373,12 @@ def _env_key(node: Mapping[str, Any], tp: Any, part: str) -> tuple[str, Any]:
         return key, fields.get(key, Any)
     if get_origin(base) is dict:
         key_tp, value_tp = get_args(base)
-        new = part.lower().replace("_", "-") if key_tp == Name else part
+        if key_tp == Name:
+            new = part.lower().replace("_", "-")
+        elif value_tp is Any:
+            new = part.lower()  # a pillar's own section: its keys are lowercase TOML keys
+        else:
+            new = part  # a table of strings such as a service's env: names are case-sensitive
         return existing or new, value_tp
     return existing or part.lower(), Any
 

@@ -7,9 +7,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from garrison.core import convert_section
-
 from ._pipeline import Pipeline, PolicyConfig
+from ._settings import _validate_layer, parse_policy
 
 __all__ = ["resilient"]
 
@@ -32,11 +31,23 @@ def resilient(
         @resilient(timeout=1.0, retry={"max_attempts": 4}, breaker={"minimum_number_of_calls": 20})
         async def fetch_quote(symbol: str) -> Quote: ...
 
-    The pipeline is reachable as ``fetch_quote.pipeline`` (its state, its events).
+    The pipeline is reachable as ``fetch_quote.pipeline`` (its state, its events). Bad policies
+    raise :class:`~garrison.core.ConfigError` naming policy and field
+    (``[resilient.breaker.failure_rate_threshold]``).
     """
+    if config is not None and not isinstance(config, PolicyConfig):
+        raise TypeError(
+            f"@resilient takes a PolicyConfig or keyword policies, got {config!r} "
+            "(write @resilient(...) with parentheses)"
+        )
     if config is not None and policies:
         raise TypeError("pass a PolicyConfig or keyword policies, not both")
-    cfg = config if config is not None else convert_section(policies, PolicyConfig, key="resilient")
+    # Policy by policy, as garrison.toml's layers are, so an error names policy and field.
+    cfg = (
+        config
+        if config is not None
+        else parse_policy([("resilient", _validate_layer(policies, "resilient", None))])
+    )
 
     def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         if not inspect.iscoroutinefunction(fn):

@@ -312,8 +312,12 @@ class ConcurrencyLimiter:
         """
         token = self.try_acquire(criticality, deadline_remaining)
         if token is None:
-            raise Rejected("limiter", self._last_reason)
+            raise self.rejection()
         return token
+
+    def rejection(self) -> Rejected:
+        """The :class:`Rejected` describing the last refusal of :meth:`try_acquire`."""
+        return Rejected("limiter", self._last_reason)
 
     def _refuse(
         self, criticality: Criticality, inflight: int, deadline_remaining: float | None

@@ -29,12 +29,22 @@ attempt enforces its budget itself (an HTTP transport does: ``native_timeout``).
 
 Shadow mode: a policy named in ``shadow`` decides as usual but never refuses; the refusals it
 would have made are counted (:attr:`Pipeline.shadow_rejections`) and announced as events, so an
-operator can try a policy on live traffic before enforcing it.
+operator can try a policy on live traffic before enforcing it. A shadowed bulkhead never makes a
+call wait either: a call that finds every slot taken goes ahead at once without a slot and
+counts as a refusal the bulkhead would have made (queue or not), so trying a bulkhead out never
+adds latency.
+
+Accounting: every admission is undone exactly once. A call refused by an inner policy hands back
+what the outer ones granted (bulkhead slot, breaker permit); an attempt's outcome releases its
+slot and reports to each core once. A :class:`~garrison.core.RemoteStatusError` is judged by its
+status like a returned status: a 4xx is the callee answering, not failing. Errors other than
+answers (timeouts, transport errors) are neither accepts nor overload for the throttle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -43,8 +53,11 @@ import msgspec
 
 from garrison.core import (
     Clock,
+    Deadline,
     DeadlineExceeded,
+    RemoteStatusError,
     SystemClock,
+    TimeoutWheel,
     current_deadline,
     default_wheel,
 )
@@ -110,7 +123,7 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def __post_init__(self) -> None:
         from garrison.core import ConfigError
 
-        if self.timeout is not None and not self.timeout > 0:
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ConfigError(f"expected seconds > 0; got {self.timeout!r}", key="timeout")
         for name in self.shadow:
             if name not in _SHADOWABLE:
@@ -177,8 +190,13 @@ class Pipeline:
         self.version = version
         """Bumped by the registry on every replacement; in-flight calls keep their version."""
         self._clock = clock or SystemClock()
-        self.fallback = fallback
         clk = self._clock
+        # Attempt durations on the pipeline's clock, so the cores see one time line (the
+        # system clock's bound builtin skips a Python-level call on the hot path).
+        self._now = time.monotonic if type(clk) is SystemClock else clk.monotonic
+        self.fallback = fallback
+        """Called with the final exception; fixed at construction."""
+        self._wheel: TimeoutWheel | None = None
         self.timeout = cfg.timeout
         budget = None
         if cfg.retry is not None or cfg.retry_budget is not None:
@@ -207,6 +225,8 @@ class Pipeline:
         self.failures = 0
         """Calls that ended in an exception after every retry."""
         self._listeners: list[Listener] = []
+        if fallback is None and self.hedger is None:
+            self.execute = self._run  # type: ignore[method-assign]  # one coroutine frame less
 
     @classmethod
     def from_config(cls, config: PolicyConfig, **kw: Any) -> Pipeline:
@@ -269,15 +289,21 @@ class Pipeline:
         counts as the callee's failure, 429/503 as overload, and a status the retry policy
         names is retried. ``may_retry`` is False when another layer retries this call.
         """
-        self.calls += 1
+        if self.hedger is None:
+            run = self._run(
+                attempt,
+                criticality=criticality,
+                may_retry=may_retry,
+                classify=classify,
+                native_timeout=native_timeout,
+            )
+        else:
+            self.calls += 1
+            run = self._hedged(attempt, criticality, classify, native_timeout)
         if self.fallback is None:
-            if self.hedger is not None:
-                return await self._hedged(attempt, criticality, classify, native_timeout)
-            return await self._run(attempt, criticality, may_retry, classify, native_timeout)
+            return await run
         try:
-            if self.hedger is not None:
-                return await self._hedged(attempt, criticality, classify, native_timeout)
-            return await self._run(attempt, criticality, may_retry, classify, native_timeout)
+            return await run
         except Exception as exc:  # the fallback's job is precisely to catch what is left
             result: T = await self.fallback(exc)
             return result
@@ -285,19 +311,23 @@ class Pipeline:
     async def _run(
         self,
         attempt: Attempt[T],
-        criticality: Criticality,
-        may_retry: bool,
-        classify: Classify | None,
-        native_timeout: bool,
+        *,
+        criticality: Criticality = Criticality.DEFAULT,
+        may_retry: bool = True,
+        classify: Classify | None = None,
+        native_timeout: bool = True,
     ) -> T:
         # One flat loop: admission, the call and the reports inline, so that the success path
-        # is a handful of method calls on the cores and no extra coroutine frames.
+        # is a handful of method calls on the cores and no extra coroutine frames. Without
+        # hedging or a fallback, ``execute`` *is* this method (bound at construction).
+        self.calls += 1
         retrier = self.retrier
         if self.budget is not None:
             self.budget.record_request()
         breaker = self.breaker
         bulkhead = self.bulkhead
         limiter = self.limiter
+        now = self._now
         n = 0
         while True:
             n += 1
@@ -309,20 +339,26 @@ class Pipeline:
                 if bulkhead.core.try_acquire():
                     in_bulkhead = True
                 else:
-                    in_bulkhead = await self._wait_bulkhead(criticality, permit)
+                    in_bulkhead = await self._wait_bulkhead(criticality, permit, left)
+                    if deadline is not None:  # the wait took some of the caller's time
+                        left = self._left_after_wait(deadline, permit, in_bulkhead)
             token: Token | None = None
             if limiter is not None:
-                token = self._acquire_limiter(criticality, left, permit, in_bulkhead)
+                token = limiter.try_acquire(criticality, left)
+                if token is None:
+                    self._limiter_refused(permit, in_bulkhead)
             budget = self.timeout
             if left is not None and (budget is None or left < budget):
                 budget = left
             self.attempts += 1
-            start = time.monotonic()
+            start = now()
             try:
                 if native_timeout or budget is None:
                     result = await attempt(budget)
                 else:
-                    wheel = default_wheel()
+                    wheel = self._wheel
+                    if wheel is None or wheel.closed:  # first use, or a new event loop
+                        wheel = self._wheel = default_wheel()
                     entry = wheel.enter(budget)
                     try:
                         result = await attempt(budget)
@@ -330,9 +366,14 @@ class Pipeline:
                         if wheel.leave(entry, True):
                             raise TimeoutError(f"{self.name}: attempt timed out") from None
                         raise
+                    except BaseException:
+                        # Leave on every exit: a timeout left armed would cancel this task
+                        # later, in the middle of whatever it does next.
+                        wheel.leave(entry, False)
+                        raise
                     wheel.leave(entry, False)
             except BaseException as exc:
-                self._report(exc, None, time.monotonic() - start, permit, in_bulkhead, token)
+                self._report(exc, None, now() - start, permit, in_bulkhead, token)
                 if retrier is None or isinstance(exc, asyncio.CancelledError):
                     if not isinstance(exc, asyncio.CancelledError):
                         self.failures += 1
@@ -350,19 +391,26 @@ class Pipeline:
                 await self._clock.sleep(d.delay)
                 continue
             # -- the success path --
-            outcome = _OK if classify is None else classify(result)
+            if classify is None:
+                outcome = _OK
+            else:
+                try:
+                    outcome = classify(result)
+                except BaseException:  # a broken classify must not leak the slot or permit
+                    self._abandon(permit, in_bulkhead, token)
+                    raise
             status = outcome.status
             if status is None or status < 429:
                 if in_bulkhead:
                     bulkhead.release()  # type: ignore[union-attr]
                 if permit is not None:
-                    breaker.on_success(time.monotonic() - start, permit)  # type: ignore[union-attr]
+                    breaker.on_success(now() - start, permit)  # type: ignore[union-attr]
                 if token is not None:
                     token.on_success()
                 if self.throttle is not None:
                     self.throttle.on_accepted()
                 return result
-            self._report(None, status, time.monotonic() - start, permit, in_bulkhead, token)
+            self._report(None, status, now() - start, permit, in_bulkhead, token)
             if retrier is None:
                 return result
             deadline = current_deadline()
@@ -380,6 +428,9 @@ class Pipeline:
 
     def _admit(self, criticality: Criticality, left: float | None) -> int | None:
         """The synchronous admissions (rate, throttle, breaker); returns the breaker permit."""
+        # Expired work is dropped before it takes a token, a throttle count or a probe.
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"{self.name}: deadline spent before the attempt")
         rate = self.rate
         if rate is not None and not rate.try_acquire():
             self._refuse(
@@ -395,41 +446,73 @@ class Pipeline:
                 permit = breaker.acquire()
             except Rejected as rej:
                 self._refuse("breaker", rej)
-        if left is not None and left <= 0:
-            if permit is not None:
-                breaker.on_ignored(permit)  # type: ignore[union-attr]
-            raise DeadlineExceeded(f"{self.name}: deadline spent before the attempt")
         return permit
 
-    async def _wait_bulkhead(self, criticality: Criticality, permit: int | None) -> bool:
-        """The bulkhead is full: queue (or be refused); True once a slot is held."""
-        assert self.bulkhead is not None
+    async def _wait_bulkhead(
+        self, criticality: Criticality, permit: int | None, left: float | None
+    ) -> bool:
+        """The bulkhead is full: queue (or be refused); True once a slot is held.
+
+        The wait never outlasts the caller's deadline (``left`` seconds).
+        """
+        bulkhead = self.bulkhead
+        assert bulkhead is not None
+        if "bulkhead" in self.shadow:
+            # Shadow mode never makes a call wait: it would have queued or been refused.
+            self._refuse("bulkhead", Rejected("bulkhead", "full"))
+            return False
+        wait: float | None = None
+        if left is not None and left < bulkhead.core.config.queue_timeout:
+            wait = left
         try:
-            await self.bulkhead.acquire(criticality)
+            await bulkhead.acquire(criticality, wait)
         except Rejected as rej:
-            if permit is not None:
-                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+            self._abandon(permit, False, None)
+            if wait is not None and rej.reason == "queue timeout":
+                raise DeadlineExceeded(
+                    f"{self.name}: deadline spent waiting for the bulkhead"
+                ) from None
             self._refuse("bulkhead", rej)
-            return False  # shadow mode: proceed without a slot
+            raise  # not reached: a shadowed bulkhead never waits
         except BaseException:
-            if permit is not None:
-                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+            self._abandon(permit, False, None)
             raise
         return True
+
+    def _left_after_wait(self, deadline: Deadline, permit: int | None, in_bulkhead: bool) -> float:
+        """The caller's time left after a bulkhead wait; gives everything back if none is."""
+        left = deadline.remaining()
+        if left <= 0:
+            self._abandon(permit, in_bulkhead, None)
+            raise DeadlineExceeded(f"{self.name}: deadline spent waiting for the bulkhead")
+        return left
 
     def _acquire_limiter(
         self, criticality: Criticality, left: float | None, permit: int | None, in_bulkhead: bool
     ) -> Token | None:
         assert self.limiter is not None
-        try:
-            return self.limiter.acquire(criticality, left)
-        except Rejected as rej:
-            if in_bulkhead:
-                self.bulkhead.release()  # type: ignore[union-attr]
-            if permit is not None:
-                self.breaker.on_ignored(permit)  # type: ignore[union-attr]
-            self._refuse("limiter", rej)
-            return None
+        token = self.limiter.try_acquire(criticality, left)
+        if token is None:
+            self._limiter_refused(permit, in_bulkhead)
+        return token
+
+    def _limiter_refused(self, permit: int | None, in_bulkhead: bool) -> None:
+        """The limiter said no (its shadow mode admits and never gets here)."""
+        assert self.limiter is not None
+        if "limiter" not in self.shadow:
+            # Refused for real: hand back what the outer policies granted. (In shadow mode
+            # the call goes on holding them, and its outcome releases them.)
+            self._abandon(permit, in_bulkhead, None)
+        self._refuse("limiter", self.limiter.rejection())
+
+    def _abandon(self, permit: int | None, in_bulkhead: bool, token: Token | None) -> None:
+        """Give back what an attempt holds without saying anything about the callee."""
+        if in_bulkhead:
+            self.bulkhead.release()  # type: ignore[union-attr]
+        if permit is not None:
+            self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+        if token is not None:
+            token.on_ignore()
 
     def _report(
         self,
@@ -444,12 +527,17 @@ class Pipeline:
         if in_bulkhead:
             self.bulkhead.release()  # type: ignore[union-attr]
         cancelled = isinstance(error, asyncio.CancelledError)
+        # Whether the callee answered: a status (returned or raised) is an answer; a timeout,
+        # a transport error or a bug is not.
+        answered = error is None
+        if isinstance(error, RemoteStatusError):
+            answered, status = True, error.status
         overload = _is_overload(status) or isinstance(error, Rejected)
         breaker = self.breaker
         if breaker is not None and permit is not None:
             if cancelled:
                 breaker.on_ignored(permit)
-            elif error is not None or _is_failure(status):
+            elif not answered or _is_failure(status):
                 breaker.on_failure(duration, permit)
             else:
                 breaker.on_success(duration, permit)
@@ -458,15 +546,15 @@ class Pipeline:
                 token.on_ignore()
             elif overload or isinstance(error, TimeoutError | DeadlineExceeded):
                 token.on_dropped()
-            elif error is not None:
-                token.on_ignore()
-            else:
+            elif answered:
                 token.on_success()
+            else:
+                token.on_ignore()
         throttle = self.throttle
         if throttle is not None and not cancelled:
             if overload:
                 throttle.on_rejected()
-            else:
+            elif answered:
                 throttle.on_accepted()
 
     async def _attempt(
@@ -475,8 +563,9 @@ class Pipeline:
         criticality: Criticality,
         classify: Classify | None,
         native_timeout: bool,
-    ) -> T:
-        """One admitted attempt, for hedging (the plain path inlines the same steps)."""
+    ) -> tuple[T, int | None]:
+        """One admitted attempt, for hedging (the plain path inlines the same steps); returns
+        the result and its status."""
         deadline = current_deadline()
         left = None if deadline is None else deadline.remaining()
         permit = self._admit(criticality, left)
@@ -485,7 +574,9 @@ class Pipeline:
             if self.bulkhead.core.try_acquire():
                 in_bulkhead = True
             else:
-                in_bulkhead = await self._wait_bulkhead(criticality, permit)
+                in_bulkhead = await self._wait_bulkhead(criticality, permit, left)
+                if deadline is not None:
+                    left = self._left_after_wait(deadline, permit, in_bulkhead)
         token = None
         if self.limiter is not None:
             token = self._acquire_limiter(criticality, left, permit, in_bulkhead)
@@ -493,7 +584,7 @@ class Pipeline:
         if left is not None and (budget is None or left < budget):
             budget = left
         self.attempts += 1
-        start = time.monotonic()
+        start = self._now()
         try:
             if native_timeout or budget is None:
                 result = await attempt(budget)
@@ -501,11 +592,18 @@ class Pipeline:
                 async with default_wheel().timeout(budget):
                     result = await attempt(budget)
         except BaseException as exc:
-            self._report(exc, None, time.monotonic() - start, permit, in_bulkhead, token)
+            self._report(exc, None, self._now() - start, permit, in_bulkhead, token)
             raise
-        status = classify(result).status if classify is not None else None
-        self._report(None, status, time.monotonic() - start, permit, in_bulkhead, token)
-        return result
+        try:
+            status = classify(result).status if classify is not None else None
+        except BaseException:
+            self._abandon(permit, in_bulkhead, token)
+            raise
+        duration = self._now() - start
+        self._report(None, status, duration, permit, in_bulkhead, token)
+        assert self.hedger is not None
+        self.hedger.record_latency(duration)  # the attempt's own latency, for the percentile
+        return result, status
 
     async def _hedged(
         self,
@@ -518,49 +616,63 @@ class Pipeline:
         hedger = self.hedger
         assert hedger is not None
         hedger.record_request()
-        start = time.monotonic()
-        pending: set[asyncio.Task[T]] = {
+        max_hedged = hedger.config.max_hedged
+        pending: set[asyncio.Task[tuple[T, int | None]]] = {
             asyncio.ensure_future(self._attempt(attempt, criticality, classify, native_timeout))
         }
-        sent = 1
+        hedges = 0  # extra attempts sent for this call
+        may_hedge = max_hedged > 0
         last_error: BaseException | None = None
         last_result: list[T] = []
         try:
             while pending:
-                deadline = current_deadline()
-                left = None if deadline is None else deadline.remaining()
-                wait = hedger.delay() if hedger.should_hedge(sent, remaining=left) else None
+                # The budget is asked only once the delay has passed with no answer: a call
+                # answered in time must not spend a hedge.
+                wait = hedger.delay() if may_hedge else None
                 done, pending = await asyncio.wait(
                     pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
                 )
-                if not done:  # the delay passed with no answer: hedge
-                    sent += 1
-                    pending.add(
-                        asyncio.ensure_future(
-                            self._attempt(attempt, criticality, classify, native_timeout)
+                if not done:  # the delay passed with no answer: hedge, budget allowing
+                    deadline = current_deadline()
+                    left = None if deadline is None else deadline.remaining()
+                    if hedger.should_hedge(hedges, remaining=left):
+                        hedges += 1
+                        pending.add(
+                            asyncio.ensure_future(
+                                self._attempt(attempt, criticality, classify, native_timeout)
+                            )
                         )
-                    )
+                        may_hedge = hedges < max_hedged
+                    else:
+                        may_hedge = False  # budget or deadline spent: wait for what runs
                     continue
-                for task in done:
+                winner: list[T] = []
+                for task in done:  # every one is looked at, so no exception goes unretrieved
+                    if task.cancelled():
+                        continue
                     exc = task.exception()
                     if exc is not None:
                         last_error = exc
                         continue
-                    result = task.result()
-                    status = classify(result).status if classify is not None else None
+                    result, status = task.result()
+                    if winner:
+                        continue
                     if _is_failure(status) and pending:
                         last_result = [result]  # a failure; another attempt may still win
                         continue
-                    hedger.record_latency(time.monotonic() - start)
-                    return result
+                    winner.append(result)
+                if winner:
+                    return winner[0]
             if last_result:
                 return last_result[0]
-            assert last_error is not None
             self.failures += 1
+            if last_error is None:  # every attempt was cancelled from outside the pipeline
+                raise asyncio.CancelledError
             raise last_error
         finally:
-            for task in pending:
+            for task in pending:  # the losers: cancelled, their slots released as they unwind
                 task.cancel()
+                task.add_done_callback(_retrieve)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -601,3 +713,9 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name} v{self.version}>"
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a cancelled loser's outcome as seen (it may end in an error, not a cancellation)."""
+    if not task.cancelled():
+        task.exception()

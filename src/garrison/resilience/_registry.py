@@ -13,6 +13,7 @@ from a clean slate, which is what an operator changing a policy expects.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,9 +46,11 @@ class PolicyRegistry:
 
     def pipeline(self, caller: str, callee: str, route: str | None = None) -> Pipeline:
         """The pipeline of a call; route-specific only when that route has its own policies."""
-        key = (caller, callee, route)
-        p = self._pipelines.get(key)
+        p = self._pipelines.get((caller, callee, route))
         if p is None:
+            if route is not None and not self.settings.has_route_policies(caller, callee, route):
+                # Not cached per route: raw paths would grow the cache without bound.
+                return self.pipeline(caller, callee)
             p = self._build(caller, callee, route)
         return p
 
@@ -68,17 +71,13 @@ class PolicyRegistry:
         layers = self.settings.layers(caller, callee, route)
         if edge in self._overrides:
             layers.append((f"override {edge}", self._overrides[edge]))
-        name = edge if route is None else f"{edge} {route}"
-        if route is not None and not self.settings.has_route_policies(caller, callee, route):
-            p = self.pipeline(caller, callee)  # share the edge's pipeline (one breaker per edge)
-        else:
-            p = Pipeline(
-                parse_policy(layers),
-                name=name,
-                version=self._versions.get(edge, 1),
-                clock=self._clock,
-            )
-            self._attach(p)
+        p = Pipeline(
+            parse_policy(layers),
+            name=edge if route is None else f"{edge} {route}",
+            version=self._versions.get(edge, 1),
+            clock=self._clock,
+        )
+        self._attach(p)
         self._pipelines[(caller, callee, route)] = p
         return p
 
@@ -87,6 +86,17 @@ class PolicyRegistry:
             p.add_listener(listener)
 
     # -- live changes --------------------------------------------------------------------------
+
+    def reload(self, settings: ResilienceSettings) -> None:
+        """Use new settings (a new garrison.toml): every pipeline is rebuilt on next use.
+
+        Operator overrides made with :meth:`replace` stay on top of the new settings.
+        """
+        self.settings = settings
+        for edge in {edge_key(caller, callee) for caller, callee, _ in self._pipelines}:
+            self._versions[edge] = self._versions.get(edge, 1) + 1  # once per edge
+        self._pipelines = {}
+        self._inbound = {}
 
     def replace(self, caller: str, callee: str, policies: Mapping[str, Any]) -> int:
         """Replace the operator override of an edge with ``policies`` (a table as in
@@ -100,18 +110,20 @@ class PolicyRegistry:
         layer = _validate_layer(dict(policies), f"override {edge}", None)
         version = self._versions.get(edge, 1) + 1
         # Build the replacements before touching anything, so that a bad combination fails here.
-        old_keys = [k for k in self._pipelines if k[0] == caller and k[1] == callee]
-        routes = {k[2] for k in old_keys} | {None}
+        routes: set[str | None] = {None}
+        for key in (f"*->{callee}", f"{caller}->*", edge):
+            routes.update(self.settings.routes.get(key, {}))
         fresh: dict[_Key, Pipeline] = {}
         for route in sorted(routes, key=lambda r: (r is not None, r or "")):
             layers = self.settings.layers(caller, callee, route)
             if layer:
                 layers.append((f"override {edge}", layer))
-            if route is not None and not self.settings.has_route_policies(caller, callee, route):
-                fresh[(caller, callee, route)] = fresh[(caller, callee, None)]
-                continue
-            p = Pipeline(parse_policy(layers), name=edge if route is None else f"{edge} {route}",
-                         version=version, clock=self._clock)  # fmt: skip
+            p = Pipeline(
+                parse_policy(layers),
+                name=edge if route is None else f"{edge} {route}",
+                version=version,
+                clock=self._clock,
+            )
             self._attach(p)
             fresh[(caller, callee, route)] = p
         if layer:
@@ -121,9 +133,10 @@ class PolicyRegistry:
         self._versions[edge] = version
         self._pipelines.update(fresh)  # the swap: later lookups see the new pipelines
         if self._listeners:
+            now = self._clock.monotonic() if self._clock is not None else time.monotonic()
             emit(
                 self._listeners,
-                PolicyEvent("pipeline", edge, "replaced", 0.0, {"version": version}),
+                PolicyEvent("pipeline", edge, "replaced", now, {"version": version}),
             )
         return version
 

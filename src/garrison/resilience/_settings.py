@@ -25,11 +25,16 @@ says); ``false`` removes an inherited policy.
 
 Every layer is validated on its own when loaded, so an error names the layer where the bad
 value was written, the policy and the field: ``[resilience.edges.a->b.breaker.
-failure_rate_threshold]: expected a number in (0, 1]``.
+failure_rate_threshold]: expected a number in (0, 1]``, and the environment variable when one set
+it. Edge sides and inbound services are service names (or ``*``); ``routes`` exist only under an
+edge. Impossible combinations are caught at load for every pair of declared caller and callee,
+wildcard layers included.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +48,7 @@ from ._bulkhead import BulkheadConfig
 from ._hedge import HedgeConfig
 from ._limiter import LimiterConfig
 from ._outlier import OutlierConfig
-from ._pipeline import PolicyConfig
+from ._pipeline import _SHADOWABLE, PolicyConfig
 from ._ratelimit import RateLimitConfig
 from ._retry import RetryPolicy
 from ._throttle import ThrottleConfig
@@ -64,6 +69,49 @@ _POLICY_TYPES: dict[str, Any] = {
     "shadow": list[str],
 }
 _TOP = frozenset({"defaults", "edges", "inbound"})
+_INBOUND = frozenset({"limiter", "bulkhead", "rate_limit", "shadow"})
+# Service names, as garrison.core validates them in [services].
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_NAME_HELP = "lowercase letters, digits and '-', starting with a letter"
+
+
+def _error(message: str, key: str, config: GarrisonConfig | None) -> ConfigError:
+    """A ConfigError for dotted ``key``, blaming the environment variable that set it if any."""
+    source = ""
+    if config is not None:
+        source = config.source
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            hit = config.env_origins.get(".".join(parts[:n]))
+            if hit is not None:
+                source = f"environment {hit}"
+                break
+    return ConfigError(message, source=source, key=key)
+
+
+def _plain(value: Any) -> Any:
+    """``to_builtins`` hook: exception types (``retry.retry_on``) by their import path."""
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    raise NotImplementedError
+
+
+def _locate(raw: Any, tp: Any) -> str | None:
+    """The dotted key, relative to ``raw``, of the nested table whose own checks fail."""
+    if not (isinstance(raw, Mapping) and isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        return None
+    fields = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+    for name, value in raw.items():
+        ftype = fields.get(name)
+        if ftype is None or not isinstance(value, Mapping):
+            continue
+        try:
+            msgspec.convert(value, ftype, strict=True)
+        except ConfigError as exc:
+            return f"{name}.{_locate(value, ftype) or exc.key}"
+        except msgspec.ValidationError:
+            continue
+    return None
 
 
 def edge_key(caller: str, callee: str) -> str:
@@ -71,29 +119,50 @@ def edge_key(caller: str, callee: str) -> str:
     return f"{caller}->{callee}"
 
 
-def _validate_layer(raw: Any, key: str, config: GarrisonConfig | None) -> dict[str, Any]:
-    """Check one layer (a table of policies) on its own; returns it with ``false`` kept."""
+def _validate_layer(
+    raw: Any, key: str, config: GarrisonConfig | None, *, routes: bool = False
+) -> dict[str, Any]:
+    """Check one layer (a table of policies) on its own; returns it with ``false`` kept.
+
+    ``routes``: whether the layer may hold a ``routes`` table (an edge's; checked by the caller).
+    """
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"expected a table of policies, got {raw!r}", key=key)
+        raise _error(f"expected a table of policies, got {raw!r}", key, config)
     out: dict[str, Any] = {}
     for name, value in raw.items():
-        if name == "routes":
+        if name == "routes" and routes:
             continue
         tp = _POLICY_TYPES.get(name)
         if tp is None:
-            raise ConfigError(
-                f"unknown policy {name!r}; expected one of {sorted(_POLICY_TYPES)}",
-                source=config.source if config is not None else "",
-                key=f"{key}.{name}",
+            expected = sorted(_POLICY_TYPES) + (["routes"] if routes else [])
+            raise _error(
+                f"unknown policy {name!r}; expected one of {expected}", f"{key}.{name}", config
             )
-        if value is False and name not in ("timeout", "shadow"):
+        if value is False:  # switch off what an outer layer set (any policy, timeout included)
             out[name] = False
             continue
         if name == "timeout" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        converted = convert_section(value, tp, key=f"{key}.{name}", config=config)
-        if name == "timeout" and not converted > 0:
-            raise ConfigError(f"expected seconds > 0; got {value!r}", key=f"{key}.timeout")
+        try:
+            converted = convert_section(value, tp, key=f"{key}.{name}", config=config)
+        except ConfigError as exc:
+            # A nested table's own checks (limiter.algorithm, hedge.budget) raise with the bare
+            # field name, which convert_section can only prefix with the policy's key.
+            inner = _locate(value, tp)
+            if inner is None:
+                raise
+            message = str(exc).split(": ", 1)[-1]
+            raise _error(message, f"{key}.{name}.{inner}", config) from None
+        if name == "shadow":
+            for policy in converted:
+                if policy not in _SHADOWABLE:
+                    raise _error(
+                        f"cannot shadow {policy!r}; expected some of {sorted(_SHADOWABLE)}",
+                        f"{key}.shadow",
+                        config,
+                    )
+        if name == "timeout" and not (math.isfinite(converted) and converted > 0):
+            raise _error(f"expected seconds > 0; got {value!r}", f"{key}.timeout", config)
         out[name] = converted
     return out
 
@@ -116,7 +185,7 @@ def parse_policy(
         return PolicyConfig(**merged)
     except ConfigError as exc:
         message = str(exc).split(": ", 1)[-1]
-        raise ConfigError(message, key=f"{key}.{exc.key}" if exc.key else key) from None
+        raise _error(message, f"{key}.{exc.key}" if exc.key else key, config) from None
 
 
 class ResilienceSettings:
@@ -151,72 +220,95 @@ class ResilienceSettings:
         cls, raw: Mapping[str, Any], *, config: GarrisonConfig | None = None
     ) -> ResilienceSettings:
         """Parse a ``[resilience]`` table given as plain data."""
+        if not isinstance(raw, Mapping):
+            raise _error(f"expected a table, got {raw!r}", "resilience", config)
         for top in raw:
             if top not in _TOP:
-                raise ConfigError(
-                    f"unknown key; expected one of {sorted(_TOP)}", key=f"resilience.{top}"
+                raise _error(
+                    f"unknown key; expected one of {sorted(_TOP)}", f"resilience.{top}", config
                 )
         defaults = _validate_layer(raw.get("defaults", {}), "resilience.defaults", config)
         edges: dict[str, dict[str, Any]] = {}
         routes: dict[str, dict[str, dict[str, Any]]] = {}
         raw_edges = raw.get("edges", {})
         if not isinstance(raw_edges, Mapping):
-            raise ConfigError("expected a table of edges", key="resilience.edges")
+            raise _error("expected a table of edges", "resilience.edges", config)
         for key, body in raw_edges.items():
             where = f"resilience.edges.{key}"
             caller, sep, callee = key.partition("->")
-            if not sep or not caller or not callee or (caller == "*" and callee == "*"):
-                raise ConfigError(
-                    "edge names are 'caller->callee' ('*' for any caller or any callee, not both)",
-                    key=where,
+            if (
+                not sep
+                or not all(side == "*" or _NAME.match(side) for side in (caller, callee))
+                or (caller == "*" and callee == "*")
+            ):
+                raise _error(
+                    "edge names are 'caller->callee' of service names "
+                    f"({_NAME_HELP}); '*' for any caller or any callee, not both",
+                    where,
+                    config,
                 )
-            edges[key] = _validate_layer(body, where, config)
-            raw_routes = body.get("routes", {}) if isinstance(body, Mapping) else {}
+            edges[key] = _validate_layer(body, where, config, routes=True)
+            raw_routes = body.get("routes", {})
             if not isinstance(raw_routes, Mapping):
-                raise ConfigError("expected a table of routes", key=f"{where}.routes")
+                raise _error("expected a table of routes", f"{where}.routes", config)
             for route, rbody in raw_routes.items():
                 if not route.startswith("/"):
-                    raise ConfigError("a route starts with '/'", key=f"{where}.routes.{route}")
+                    raise _error("a route starts with '/'", f"{where}.routes.{route}", config)
                 routes.setdefault(key, {})[route] = _validate_layer(
                     rbody, f"{where}.routes.{route}", config
                 )
         inbound: dict[str, dict[str, Any]] = {}
         raw_inbound = raw.get("inbound", {})
         if not isinstance(raw_inbound, Mapping):
-            raise ConfigError("expected a table of services", key="resilience.inbound")
+            raise _error("expected a table of services", "resilience.inbound", config)
         for service, body in raw_inbound.items():
-            layer = _validate_layer(body, f"resilience.inbound.{service}", config)
-            extra = set(layer) - {"limiter", "bulkhead", "rate_limit", "shadow"}
+            where = f"resilience.inbound.{service}"
+            if not _NAME.match(service):
+                raise _error(f"not a service name; expected {_NAME_HELP}", where, config)
+            layer = _validate_layer(body, where, config)
+            extra = set(layer) - _INBOUND
             if extra:
-                raise ConfigError(
+                raise _error(
                     f"the inbound side takes limiter, bulkhead, rate_limit and shadow; "
                     f"not {sorted(extra)}",
-                    key=f"resilience.inbound.{service}",
+                    f"{where}.{sorted(extra)[0]}",
+                    config,
                 )
             inbound[service] = layer
         settings = cls(defaults, edges, routes, inbound, config=config)
-        # Build every declared combination once now, so impossible combinations (hedge with
-        # retry, shadowing an absent policy ...) fail at load, naming the edge.
-        for key in edges:
-            caller, _, callee = key.partition("->")
-            settings.policy(caller, callee)
-            for route in routes.get(key, {}):
-                settings.policy(caller, callee, route)
-        for service in inbound:
-            settings.inbound_policy(service)
+        settings._check()
         return settings
+
+    def _check(self) -> None:
+        """Build every combination the settings can produce, so that impossible ones (hedge
+        with retry, shadowing an absent policy ...) fail at load, naming the layer.
+
+        Each declared edge is built (``~`` standing for "any other service" on a ``*`` side),
+        and so is each pair where a ``caller->*`` layer meets a ``*->callee`` layer: those two
+        combine on a->b though no layer names a->b. Each with every route that applies to it.
+        """
+        pairs = {(c, d) for c, _, d in (edge.partition("->") for edge in self.edges)}
+        todo = {(c.replace("*", "~"), d.replace("*", "~")) for c, d in pairs} | {("~", "~")}
+        todo |= {(c, d) for c, w in pairs if w == "*" for v, d in pairs if v == "*"}
+        for caller, callee in sorted(todo):
+            self.policy(caller, callee)
+            for route in sorted(self.route_names(caller, callee)):
+                self.policy(caller, callee, route)
+        for service in self.inbound:
+            self.inbound_policy(service)
 
     def layers(
         self, caller: str, callee: str, route: str | None = None
     ) -> list[tuple[str, dict[str, Any]]]:
         """The layers that apply to a call, least specific first, each with its key."""
         out: list[tuple[str, dict[str, Any]]] = [("resilience.defaults", self.defaults)]
-        for key in (f"*->{callee}", f"{caller}->*", f"{caller}->{callee}"):
+        keys = _edge_keys(caller, callee)
+        for key in keys:
             layer = self.edges.get(key)
             if layer is not None:
                 out.append((f"resilience.edges.{key}", layer))
         if route is not None:
-            for key in (f"*->{callee}", f"{caller}->*", f"{caller}->{callee}"):
+            for key in keys:
                 layer = self.routes.get(key, {}).get(route)
                 if layer is not None:
                     out.append((f"resilience.edges.{key}.routes.{route}", layer))
@@ -228,10 +320,11 @@ class ResilienceSettings:
 
     def has_route_policies(self, caller: str, callee: str, route: str) -> bool:
         """Whether ``route`` of this edge has policies of its own."""
-        return any(
-            route in self.routes.get(k, {})
-            for k in (f"*->{callee}", f"{caller}->*", f"{caller}->{callee}")
-        )
+        return any(route in self.routes.get(k, {}) for k in _edge_keys(caller, callee))
+
+    def route_names(self, caller: str, callee: str) -> set[str]:
+        """The routes with policies of their own on this edge (from any layer applying to it)."""
+        return {r for k in _edge_keys(caller, callee) for r in self.routes.get(k, {})}
 
     def inbound_policy(self, service: str) -> PolicyConfig:
         """The policies at the door of ``service``."""
@@ -242,7 +335,10 @@ class ResilienceSettings:
         """The settings as plain data (for the control plane and ``garrison config check``)."""
 
         def plain(layer: dict[str, Any]) -> dict[str, Any]:
-            return {k: (v if v is False else msgspec.to_builtins(v)) for k, v in layer.items()}
+            return {
+                k: (v if v is False else msgspec.to_builtins(v, enc_hook=_plain))
+                for k, v in layer.items()
+            }
 
         return {
             "defaults": plain(self.defaults),
@@ -252,3 +348,9 @@ class ResilienceSettings:
             },
             "inbound": {k: plain(v) for k, v in self.inbound.items()},
         }
+
+
+def _edge_keys(caller: str, callee: str) -> tuple[str, ...]:
+    """The edge keys whose layers apply to caller -> callee, least specific first."""
+    keys = (f"*->{callee}", f"{caller}->*", f"{caller}->{callee}")
+    return tuple(k for i, k in enumerate(keys) if k not in keys[:i])  # "*" names: no repeats
