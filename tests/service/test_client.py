@@ -344,7 +344,10 @@ async def test_service_interceptors_reach_present_and_future_clients() -> None:
     present = svc.client("back")
     svc.add_client_interceptor(recorder("x", log))
     future = svc.client("other")
-    assert len(present.interceptors) == len(future.interceptors) == 1
+    added = present.interceptors[-1]
+    assert added.__qualname__.startswith("recorder")  # type: ignore[attr-defined]
+    assert future.interceptors[-1] is added
+    assert len(present.interceptors) == len(future.interceptors)
     await present.aclose()
     await future.aclose()
 

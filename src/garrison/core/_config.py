@@ -289,7 +289,7 @@ def convert_section(
     environment variable that set it when one did, else the file. A ``ConfigError`` raised by
     the struct's own checks (``__post_init__``) with a bare field name gets ``key`` prefixed.
     """
-    source = config.source if config is not None else "<config>"
+    source = config.source if config is not None else ""
     origins = config.env_origins if config is not None else {}
 
     def origin(dotted: str) -> str:

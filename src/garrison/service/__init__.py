@@ -13,6 +13,7 @@ from ._client import (
     ServiceClient,
 )
 from ._http_errors import NO_RETRY_HEADER
+from ._identity import current_passport
 from ._metrics import EdgeMetrics, ServiceMetrics
 from ._params import Body, Header
 from ._runner import load_service, run_service
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceMetrics",
     "TraceContext",
     "Transport",
+    "current_passport",
     "current_trace",
     "load_service",
     "parse_traceparent",

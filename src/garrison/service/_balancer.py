@@ -38,7 +38,7 @@ class Instance:
 class Balancer:
     """Picks an instance per call according to ``strategy``."""
 
-    __slots__ = ("_rand", "_rr", "exclude", "instances", "service", "strategy")
+    __slots__ = ("_rand", "_rr", "exclude", "filter", "instances", "service", "strategy")
 
     def __init__(
         self,
@@ -52,6 +52,10 @@ class Balancer:
         self.instances = [Instance(u) for u in urls]
         self.strategy = strategy
         self.exclude: Callable[[Instance], bool] | None = None
+        """Hide instances for which this returns True (panic: all hidden -> use all)."""
+        self.filter: Callable[[list[Instance]], list[Instance]] | None = None
+        """Narrow the pool before the choice (outlier detection plugs in here with its own
+        panic threshold); an empty result falls back to the whole pool."""
         self._rand = rand or random.Random()
         self._rr = 0
 
@@ -63,6 +67,8 @@ class Balancer:
     def pick(self) -> Instance:
         """The instance for the next call; :class:`ServiceUnavailable` if there is none."""
         pool = self.instances
+        if self.filter is not None and pool:
+            pool = self.filter(pool) or pool
         if self.exclude is not None and pool:
             healthy = [i for i in pool if not self.exclude(i)]
             pool = healthy or pool  # panic mode: all excluded -> use everyone

@@ -16,21 +16,31 @@ metrics machinery is the thing that is broken.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from garrison.core import DEADLINE_HEADER, deadline_scope
+from garrison.core import DEADLINE_HEADER, default_wheel, pop_deadline, push_deadline
+from garrison.resilience import ATTEMPT_HEADER, Criticality, Rejected
 
 from ._http_errors import NO_RETRY_HEADER, error_body
 from ._metrics import ServiceMetrics, outcome_of
+from ._resilience import (
+    CRITICALITY_HEADER,
+    InboundGuard,
+    inbound_signals,
+    reset_signals,
+    set_signals,
+)
 from ._tracing import TraceContext, parse_traceparent, reset_current_trace, set_current_trace
 
 __all__ = ["ROUTE_SCOPE_KEY", "InboundMiddleware"]
 
 ROUTE_SCOPE_KEY = "garrison.route"
 """Scope key where the matched endpoint writes its route template (the metrics label)."""
+_SIGNAL_KEYS = frozenset(h.encode() for h in (CRITICALITY_HEADER, ATTEMPT_HEADER, NO_RETRY_HEADER))
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
 MAX_BUDGET_MS = 24 * 3600 * 1000
@@ -41,17 +51,26 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class InboundMiddleware:
     """Deadline, trace context and inbound metrics for every request of a service."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, guard: InboundGuard | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.guard = guard
+        """Admission at the door (``[resilience.inbound.NAME]``): shed before any work."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in PROBE_PATHS
+            or scope["path"].startswith("/_garrison/")
+        ):
             await self.app(scope, receive, send)
             return
         budget_ms: int | None = None
         bad_budget: bytes | None = None
         traceparent = tracestate = None
+        signal_headers: dict[str, str] | None = None
         for key, value in scope["headers"]:
             if key == _DEADLINE_KEY:
                 try:
@@ -64,6 +83,10 @@ class InboundMiddleware:
                 traceparent = value.decode("latin-1")
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")
+            elif key in _SIGNAL_KEYS:
+                if signal_headers is None:
+                    signal_headers = {}
+                signal_headers[key.decode()] = value.decode("latin-1").strip().lower()
         parent = parse_traceparent(traceparent, tracestate)
         span = parent.child() if parent is not None else TraceContext.new()
         status = 0
@@ -78,7 +101,20 @@ class InboundMiddleware:
         metrics.inflight_in.inc()
         start = time.perf_counter()
         trace_token = set_current_trace(span)
+        signals = inbound_signals(signal_headers) if signal_headers else None
+        signals_token = set_signals(signals) if signals is not None else None
+        guard = self.guard
+        ticket = None
+        expired = False
         try:
+            if guard is not None and bad_budget is None and budget_ms != 0 and guard.active():
+                crit = signals.criticality if signals is not None else Criticality.DEFAULT
+                try:
+                    ticket = guard.admit(crit, None if budget_ms is None else budget_ms / 1000)
+                except Rejected as rej:
+                    status = 503
+                    await _send_shed(send, rej)
+                    return
             if bad_budget is not None:  # counted like any other request: nothing is lost
                 status = 400
                 await _send_error(
@@ -94,20 +130,33 @@ class InboundMiddleware:
                 status = 504
                 await _send_deadline(send)
             else:
-                timeout = asyncio.timeout(budget_ms / 1000)
+                # The timeout wheel, not asyncio.timeout(): one shared ticker instead of a timer
+                # per request (about 1 µs instead of 6-7 µs on this path); fires <= 5 ms late.
+                seconds = budget_ms / 1000
+                token = push_deadline(seconds)
+                wheel = default_wheel()
+                entry = wheel.enter(seconds)
                 try:
-                    with deadline_scope(budget_ms / 1000):
-                        async with timeout:
-                            await self.app(scope, receive, send_wrapper)
-                except TimeoutError:
-                    if not timeout.expired():  # not our deadline: not ours to answer
-                        raise
+                    await self.app(scope, receive, send_wrapper)
+                except asyncio.CancelledError:
+                    if not wheel.leave(entry, True):
+                        raise  # not our deadline: not ours to answer
+                    expired = True
+                else:
+                    wheel.leave(entry, False)
+                finally:
+                    pop_deadline(token)
+                if expired:
                     if status == 0:  # nothing sent yet: we can still answer
                         status = 504
                         await _send_deadline(send)
                     else:  # cut off mid-response: the caller got no whole answer
                         status = 0
         finally:
+            if ticket is not None:
+                InboundGuard.release(ticket, status, expired)
+            if signals_token is not None:
+                reset_signals(signals_token)
             reset_current_trace(trace_token)
             metrics.inflight_in.dec()
             route = scope.get(ROUTE_SCOPE_KEY, "<unmatched>")
@@ -115,6 +164,13 @@ class InboundMiddleware:
             latency, outcomes = metrics.inbound(method, route)
             latency.observe(time.perf_counter() - start)
             outcomes[outcome_of(status or None)].inc()
+
+
+async def _send_shed(send: Send, rejection: Rejected) -> None:
+    extra = [(NO_RETRY_HEADER.encode(), b"1")]
+    if rejection.retry_after:
+        extra.append((b"retry-after", str(max(1, math.ceil(rejection.retry_after))).encode()))
+    await _send_error(send, 503, "overloaded", f"shed at the door: {rejection.reason}", extra=extra)
 
 
 async def _send_deadline(send: Send) -> None:

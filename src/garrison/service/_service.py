@@ -17,18 +17,24 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from garrison.core import GarrisonConfig, get_logger, json_encode, load_config
+from garrison.identity import Requires
+from garrison.resilience import PolicyRegistry, ResilienceSettings
 
+from ._admin import admin_routes
 from ._client import Interceptor, ServiceClient
 from ._http_errors import error_response
+from ._identity import PassportMiddleware, ServiceIdentity
 from ._metrics import ServiceMetrics
 from ._middleware import ROUTE_SCOPE_KEY, InboundMiddleware
 from ._params import Injector, ParamSpec, analyse, resolve
+from ._resilience import InboundGuard, ResilienceInterceptor
 
 __all__ = ["Service"]
 
@@ -68,15 +74,22 @@ class Service:
         self._injectors: dict[Any, Injector] = {}
         self._interceptors: list[Interceptor] = []
         self._clients: dict[str, ServiceClient] = {}
+        self.resilience = PolicyRegistry()
+        """The live resilience pipelines of this service's edges and of its door; see
+        :class:`~garrison.resilience.PolicyRegistry` (``replace`` changes an edge live)."""
         self._app: ASGIApp | None = None
         self._ready = False
+        self.identity = ServiceIdentity(self)
+        """The passport side: ``Passport`` handler parameters, ``requires=``, forwarding."""
 
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, config: GarrisonConfig, replica: int = 0) -> None:
         """Bind the service to an application's configuration (done by the runner and tests)."""
+        settings = ResilienceSettings.from_config(config)  # validate before changing anything
         self.config = config
         self.replica = replica
+        self.resilience.reload(settings)
         # Clients made before (at import time, as the docs allow) take the [client] section too.
         for client in self._clients.values():
             client._reconfigure(config.client)
@@ -90,9 +103,15 @@ class Service:
     # -- routes --------------------------------------------------------------------------------
 
     def route(
-        self, path: str, methods: Sequence[str], *, status_code: int = 200
+        self,
+        path: str,
+        methods: Sequence[str],
+        *,
+        status_code: int = 200,
+        requires: Requires | None = None,
     ) -> Callable[[F], F]:
-        """Register ``fn`` for ``methods`` on ``path`` (a Starlette path template)."""
+        """Register ``fn`` for ``methods`` on ``path`` (a Starlette path template); ``requires``
+        states what the request's passport must show (401/403 otherwise)."""
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
 
@@ -100,31 +119,43 @@ class Service:
             params = set(_PATH_PARAM.findall(path))
             specs = analyse(fn, params, self._injectors)
             endpoint = _endpoint(fn, specs, path, status_code)
+            if requires is not None:
+                endpoint = self.identity.guard(endpoint, requires, path)
             self._routes.append(Route(path, endpoint, methods=list(methods), name=fn.__name__))
             self._app = None
             return fn
 
         return decorator
 
-    def get(self, path: str, *, status_code: int = 200) -> Callable[[F], F]:
+    def get(
+        self, path: str, *, status_code: int = 200, requires: Requires | None = None
+    ) -> Callable[[F], F]:
         """Register a ``GET`` handler."""
-        return self.route(path, ["GET"], status_code=status_code)
+        return self.route(path, ["GET"], status_code=status_code, requires=requires)
 
-    def post(self, path: str, *, status_code: int = 200) -> Callable[[F], F]:
+    def post(
+        self, path: str, *, status_code: int = 200, requires: Requires | None = None
+    ) -> Callable[[F], F]:
         """Register a ``POST`` handler."""
-        return self.route(path, ["POST"], status_code=status_code)
+        return self.route(path, ["POST"], status_code=status_code, requires=requires)
 
-    def put(self, path: str, *, status_code: int = 200) -> Callable[[F], F]:
+    def put(
+        self, path: str, *, status_code: int = 200, requires: Requires | None = None
+    ) -> Callable[[F], F]:
         """Register a ``PUT`` handler."""
-        return self.route(path, ["PUT"], status_code=status_code)
+        return self.route(path, ["PUT"], status_code=status_code, requires=requires)
 
-    def patch(self, path: str, *, status_code: int = 200) -> Callable[[F], F]:
+    def patch(
+        self, path: str, *, status_code: int = 200, requires: Requires | None = None
+    ) -> Callable[[F], F]:
         """Register a ``PATCH`` handler."""
-        return self.route(path, ["PATCH"], status_code=status_code)
+        return self.route(path, ["PATCH"], status_code=status_code, requires=requires)
 
-    def delete(self, path: str, *, status_code: int = 200) -> Callable[[F], F]:
+    def delete(
+        self, path: str, *, status_code: int = 200, requires: Requires | None = None
+    ) -> Callable[[F], F]:
         """Register a ``DELETE`` handler."""
-        return self.route(path, ["DELETE"], status_code=status_code)
+        return self.route(path, ["DELETE"], status_code=status_code, requires=requires)
 
     @property
     def routes(self) -> list[tuple[str, list[str]]]:
@@ -161,6 +192,11 @@ class Service:
         self._readiness.append(fn)
         return fn
 
+    @property
+    def callees(self) -> list[str]:
+        """The services this one has clients for."""
+        return sorted(self._clients)
+
     # -- clients -------------------------------------------------------------------------------
 
     def client(self, name: str) -> ServiceClient:
@@ -184,6 +220,12 @@ class Service:
                 resolver=resolve_urls,
                 interceptors=self._interceptors,
             )
+            # Resilience runs first after the edge metrics, so that every other interceptor
+            # (identity, fault injection) runs once per attempt.
+            client.add_interceptor(
+                ResilienceInterceptor(self.resilience, self.name, name, client.balancer),
+                outermost=True,
+            )
             self._clients[name] = client
         return client
 
@@ -205,13 +247,15 @@ class Service:
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics_endpoint, methods=["GET"]),
+            *admin_routes(self),
         ]
         app = Starlette(
             routes=[*probes, *self._routes],
             lifespan=self._lifespan,
             exception_handlers={HTTPException: _http_exception},
+            middleware=[Middleware(PassportMiddleware, identity=self.identity)],
         )
-        return InboundMiddleware(app, self.metrics)
+        return InboundMiddleware(app, self.metrics, guard=InboundGuard(self.resilience, self.name))
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
