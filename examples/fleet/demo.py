@@ -108,3 +108,28 @@ async def main(config: GarrisonConfig) -> None:
                 f"{caller} -> {callee}", f"{e['calls']:.0f}", f"{e['errors']:.0f}", f"{mean:.2f}"
             )
         console.print(table)
+
+        # Resilience is live: read dispatch's pipelines, then tighten its edge to devices.
+        state = (await http.get(f"{url['dispatch']}/_garrison/resilience")).json()
+        table = Table(title="dispatch's resilience pipelines (GET /_garrison/resilience)")
+        for col in ("edge", "version", "calls", "attempts", "breaker", "bulkhead"):
+            table.add_column(col)
+        for p in state["pipelines"]:
+            table.add_row(
+                p["name"],
+                str(p["version"]),
+                str(p["calls"]),
+                str(p["attempts"]),
+                p.get("breaker", {}).get("state", "-"),
+                str(p.get("bulkhead", {}).get("active", "-")),
+            )
+        console.print(table)
+        replaced = await http.put(
+            f"{url['dispatch']}/_garrison/resilience/edges/devices",
+            json={"bulkhead": {"max_concurrent_calls": 4, "max_queue": 32}},
+        )
+        console.print(
+            f"PUT /_garrison/resilience/edges/devices -> {replaced.status_code}: "
+            f"edge {replaced.json()['edge']} now at version {replaced.json()['version']}"
+        )
+        await http.delete(f"{url['dispatch']}/_garrison/resilience/edges/devices")

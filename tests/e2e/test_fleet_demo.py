@@ -47,6 +47,8 @@ def test_demo_runs_the_fleet_and_stops_cleanly() -> None:
     assert "bad input is refused with 422" in out
     for edge in ("sites -> devices", "dispatch -> devices", "dispatch -> sites"):
         assert edge in out, out
+    # The edge policy was replaced live through the operator API.
+    assert "edge dispatch->devices now at version 2" in " ".join(out.split())
     # No service process outlives the demo: none is left running, nothing listens on its ports.
     leftovers = [
         p.pid

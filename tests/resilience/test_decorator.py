@@ -47,8 +47,8 @@ def test_a_config_and_keyword_policies_do_not_mix() -> None:
         ({"breaker": {"failure_rate": 0.5}}, "resilient.breaker.failure_rate"),
         ({"bulkhead": {"max_concurrent_calls": 0}}, "resilient.bulkhead.max_concurrent_calls"),
         (
-            {"limiter": {"algorithm": {"algorithm": "fixed", "limit": 0}}},
-            "resilient.limiter.algorithm.limit",
+            {"limiter": {"limit": {"algorithm": "fixed", "limit": 0}}},
+            "resilient.limiter.limit.limit",
         ),
         ({"retry": {"max_attempts": "3"}}, "resilient.retry.max_attempts"),
         ({"timeout": 0}, "resilient.timeout"),

@@ -327,7 +327,7 @@ def test_caps_follow_the_limit_and_listeners_hear_of_changes() -> None:
     clock = FakeClock()
     events: list[PolicyEvent] = []
     limiter = ConcurrencyLimiter(
-        LimiterConfig(algorithm=AIMDConfig(initial_limit=4), window=None), clock=clock, name="e"
+        LimiterConfig(limit=AIMDConfig(initial_limit=4), window=None), clock=clock, name="e"
     )
     assert isinstance(limiter.algorithm, AIMDLimit)
     limiter.add_listener(events.append)
@@ -442,9 +442,7 @@ def simulate(
 def test_gradient2_settles_near_capacity() -> None:
     # rtt_tolerance 1.0: the limit shrinks as soon as latency exceeds the long-term average,
     # so it settles just above capacity (capacity + queue allowance), not at tolerance x capacity.
-    config = LimiterConfig(
-        algorithm=Gradient2Config(initial_limit=5, min_limit=1, rtt_tolerance=1.0)
-    )
+    config = LimiterConfig(limit=Gradient2Config(initial_limit=5, min_limit=1, rtt_tolerance=1.0))
     result = simulate(config)
     settled = result.limits[len(result.limits) // 2 :]
     assert 20 <= min(settled) <= max(settled) <= 32, settled
@@ -456,14 +454,14 @@ def test_gradient2_with_netflix_defaults_stays_within_its_tolerance() -> None:
     # rtt_tolerance 1.5 accepts up to 50% extra latency, so the limit rises to about
     # 1.5 x capacity; the long-term average slowly absorbs sustained queueing, so it keeps
     # creeping up (Gradient2's known drift) but stays bounded over this run.
-    result = simulate(LimiterConfig(algorithm=Gradient2Config(initial_limit=5)))
+    result = simulate(LimiterConfig(limit=Gradient2Config(initial_limit=5)))
     settled = result.limits[len(result.limits) // 2 :]
     assert 25 <= min(settled) <= max(settled) <= 55, settled
     assert result.goodput >= 0.9 * 200
 
 
 def test_envoy_gradient_settles_near_capacity_under_3x_overload() -> None:
-    config = LimiterConfig(algorithm=EnvoyGradientConfig(min_rtt_requests=20))
+    config = LimiterConfig(limit=EnvoyGradientConfig(min_rtt_requests=20))
     result = simulate(config, overload=3.0)
     settled = [x for x in result.limits[len(result.limits) // 2 :] if x > 3]  # not measuring
     assert 20 <= min(settled) <= max(settled) <= 45, settled

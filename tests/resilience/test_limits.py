@@ -107,17 +107,17 @@ def test_bad_config_names_the_field(cls: Any, kwargs: dict[str, Any], key: str) 
 
 def test_config_from_plain_data_picks_the_algorithm() -> None:
     cfg = msgspec.convert(
-        {"algorithm": {"algorithm": "vegas", "alpha": 2, "beta": 4}, "window": None},
+        {"limit": {"algorithm": "vegas", "alpha": 2, "beta": 4}, "window": None},
         LimiterConfig,
     )
-    assert isinstance(cfg.algorithm, VegasConfig)
-    assert (cfg.algorithm.alpha, cfg.algorithm.beta) == (2, 4)
+    assert isinstance(cfg.limit, VegasConfig)
+    assert (cfg.limit.alpha, cfg.limit.beta) == (2, 4)
     assert cfg.window is None
     with pytest.raises(ConfigError) as info:
-        msgspec.convert({"algorithm": {"algorithm": "gradient2", "smoothing": 0}}, LimiterConfig)
+        msgspec.convert({"limit": {"algorithm": "gradient2", "smoothing": 0}}, LimiterConfig)
     assert info.value.key == "smoothing"
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"algorithm": {"algorithm": "nope"}}, LimiterConfig)
+        msgspec.convert({"limit": {"algorithm": "nope"}}, LimiterConfig)
 
 
 def test_make_limit_builds_and_wraps() -> None:

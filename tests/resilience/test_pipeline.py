@@ -49,7 +49,7 @@ from garrison.resilience import (
 def fixed(limit: int) -> LimiterConfig:
     """A limiter with a constant limit that every criticality may fill."""
     return LimiterConfig(
-        algorithm=FixedConfig(limit=limit),
+        limit=FixedConfig(limit=limit),
         window=None,
         sheddable_fraction=1.0,
         default_fraction=1.0,

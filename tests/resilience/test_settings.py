@@ -32,7 +32,7 @@ timeout = 0.5
 breaker = false
 
 [resilience.inbound.devices]
-limiter = { algorithm = { algorithm = "gradient2" } }
+limiter = { limit = { algorithm = "gradient2" } }
 """
 
 
@@ -175,8 +175,8 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("bulkhead", {"max_concurrent_calls": 0}, "max_concurrent_calls"),
     ("bulkhead", {"queue_timeout": -1}, "queue_timeout"),
     ("limiter", {"default_fraction": 3}, "default_fraction"),
-    ("limiter", {"algorithm": {"algorithm": "fixed", "limit": 0}}, "algorithm.limit"),
-    ("limiter", {"algorithm": {"algorithm": "nope"}}, "algorithm.algorithm"),
+    ("limiter", {"limit": {"algorithm": "fixed", "limit": 0}}, "limit.limit"),
+    ("limiter", {"limit": {"algorithm": "nope"}}, "limit.algorithm"),
     ("limiter", {"window": {"nope": 1}}, "window.nope"),
     ("rate_limit", {"rate": 0}, "rate"),
     ("throttle", {"k": 0.5}, "k"),

@@ -58,8 +58,9 @@ class LimiterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     decrease with criticality. A fraction above 1 lets that criticality exceed the limit a little.
     """
 
-    algorithm: LimitConfig = Gradient2Config()
-    """The limit algorithm and its parameters."""
+    limit: LimitConfig = Gradient2Config()
+    """The limit algorithm and its parameters, e.g. ``{algorithm = "gradient2",
+    rtt_tolerance = 1.0}`` or ``{algorithm = "fixed", limit = 32}``."""
     window: WindowConfig | None = WindowConfig()
     """Aggregate samples over windows before updating the algorithm; ``None`` feeds every
     sample straight in. Not used by fixed limits or the Envoy controller (it windows itself)."""
@@ -250,7 +251,7 @@ class ConcurrencyLimiter:
         algorithm: Limit
         if limit is None:
             algorithm = make_limit(
-                config.algorithm, window=config.window, name=name, clock=clock, random=random
+                config.limit, window=config.window, name=name, clock=clock, random=random
             )
         elif isinstance(limit, int):
             algorithm = FixedLimit(limit, name=name, clock=clock)

@@ -146,7 +146,7 @@ def _validate_layer(
         try:
             converted = convert_section(value, tp, key=f"{key}.{name}", config=config)
         except ConfigError as exc:
-            # A nested table's own checks (limiter.algorithm, hedge.budget) raise with the bare
+            # A nested table's own checks (limiter.limit, hedge.budget) raise with the bare
             # field name, which convert_section can only prefix with the policy's key.
             inner = _locate(value, tp)
             if inner is None:
@@ -331,15 +331,17 @@ class ResilienceSettings:
         layer = self.inbound.get(service, {})
         return parse_policy([(f"resilience.inbound.{service}", layer)], self._config)
 
+    @staticmethod
+    def layer_to_builtins(layer: Mapping[str, Any]) -> dict[str, Any]:
+        """One validated layer (or an operator override) as plain data, ready for JSON."""
+        return {
+            k: (v if v is False else msgspec.to_builtins(v, enc_hook=_plain))
+            for k, v in layer.items()
+        }
+
     def to_builtins(self) -> dict[str, Any]:
         """The settings as plain data (for the control plane and ``garrison config check``)."""
-
-        def plain(layer: dict[str, Any]) -> dict[str, Any]:
-            return {
-                k: (v if v is False else msgspec.to_builtins(v, enc_hook=_plain))
-                for k, v in layer.items()
-            }
-
+        plain = self.layer_to_builtins
         return {
             "defaults": plain(self.defaults),
             "edges": {
