@@ -39,6 +39,9 @@ from garrison.core import (
     get_logger,
     load_config,
 )
+from garrison.identity._cli import passport_app
+from garrison.identity._config import IdentityConfig
+from garrison.resilience import ResilienceSettings
 from garrison.service._supervisor import ProcessSpec, RestartPolicy, Supervisor
 
 __all__ = ["main"]
@@ -114,6 +117,7 @@ config_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 main.add_typer(config_app)
+main.add_typer(passport_app)
 
 AppDirArgument = Annotated[
     Path,
@@ -168,10 +172,32 @@ def run(
 
 
 @main.command()
-def dev(app_dir: AppDirArgument = Path(".")) -> None:
-    """Run every replica of every service; restart crashes; stop on Ctrl-C.
+def gateway(app_dir: AppDirArgument = Path(".")) -> None:
+    """Serve the app's gateway ([gateway] in garrison.toml) until SIGTERM or Ctrl-C.
 
-    Each replica is a process of its own (`garrison run`). Its output is prefixed with its
+    The edge: it resolves each request's credential into a passport ([identity]), applies
+    the route's rules and proxies to the services. `garrison dev` starts it too when the
+    app has a [gateway] section.
+    """
+    config = _load(app_dir)
+    if not config.gateway:
+        _fail(f"no [gateway] section in {Path(config.root) / 'garrison.toml'}")
+    from garrison.gateway import run_gateway  # imported here: the other commands do not need it
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_cleanly)
+    try:
+        run_gateway(config)
+    except UsageError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+def dev(app_dir: AppDirArgument = Path(".")) -> None:
+    """Run every replica of every service (and the gateway); restart crashes; stop on Ctrl-C.
+
+    Each replica is a process of its own (`garrison run`), and so is the gateway (`garrison
+    gateway`) when garrison.toml has a [gateway] section. Its output is prefixed with its
     name; a process that crashes is restarted with exponential backoff ([dev] in
     garrison.toml); Ctrl-C or SIGTERM stops them all cleanly.
     """
@@ -275,9 +301,15 @@ def _load(app_dir: Path) -> GarrisonConfig:
     if not app_dir.exists():
         _fail(f"app folder {str(app_dir)!r} does not exist")
     try:
-        return load_config(app_dir)
+        config = load_config(app_dir)
+        # The pillars' own sections are validated here too, so that every command (and
+        # `config check`) refuses a bad garrison.toml before anything starts.
+        ResilienceSettings.from_config(config)
+        if config.identity:
+            IdentityConfig.from_config(config)
     except ConfigError as exc:
         _fail(str(exc))
+    return config
 
 
 def _service(config: GarrisonConfig, name: str) -> ServiceConfig:
@@ -321,7 +353,33 @@ def _process_specs(config: GarrisonConfig) -> list[ProcessSpec]:
                     health_url=f"{_replica_url(svc, i)}/healthz",
                 )
             )
+    url = _gateway_url(config)
+    if url is not None:
+        name = "gateway" if "gateway" not in config.services else "garrison-gateway"
+        specs.append(
+            ProcessSpec(
+                name=name,
+                argv=[sys.executable, "-m", "garrison", "gateway", config.root],
+                env=base,
+                cwd=config.root,
+                health_url=f"{url}/_garrison/healthz",
+            )
+        )
     return specs
+
+
+def _gateway_url(config: GarrisonConfig) -> str | None:
+    """The gateway's URL when the app has one ([gateway] and [identity] validated first, so a
+    bad key fails here rather than in a restarting child)."""
+    if not config.gateway:
+        return None
+    from garrison.gateway import gateway_url
+
+    try:
+        IdentityConfig.from_config(config)
+        return gateway_url(config)
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 def _supervisor(config: GarrisonConfig, specs: list[ProcessSpec]) -> Supervisor:
@@ -359,6 +417,9 @@ def _urls_panel(config: GarrisonConfig, exit_after: float | None) -> Panel:
         for i in range(svc.replicas):
             label = name if svc.replicas == 1 else f"{name}.{i}"
             table.add_row(label, _replica_url(svc, i), "/healthz  /metrics")
+    url = _gateway_url(config)
+    if url is not None:
+        table.add_row("gateway", url, "/_garrison/healthz  /_garrison/metrics")
     until = "Ctrl-C to stop" if exit_after is None else f"stopping after {exit_after:g}s"
     return Panel(
         table, title=f"garrison demo: {config.app.name} is up", subtitle=until, expand=False

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from garrison.core import ConfigError, parse_config
+from garrison.core import ConfigError, DeadlineExceeded, TransportError, parse_config
 from garrison.resilience import (
     BreakerConfig,
     BulkheadConfig,
@@ -151,9 +151,21 @@ def test_to_builtins_is_plain_data_even_with_retry() -> None:
     retry = data["defaults"]["retry"]
     assert retry["max_attempts"] == 2
     assert retry["retry_on_status"] == [503]
-    assert "builtins.TimeoutError" in retry["retry_on"]
+    assert list(retry["retry_on"]) == ["transport", "unavailable", "timeout"]
     assert data["edges"]["a->b"] == {"breaker": False, "routes": {"/r": {"timeout": 1.0}}}
     assert data["inbound"]["b"]["bulkhead"]["max_concurrent_calls"] == 4
+    # ... and what to_builtins writes reads back to the same policy (round trip).
+    again = settings({"defaults": data["defaults"]})
+    assert again.policy("a", "b").retry == s.policy("a", "b").retry
+
+
+def test_retry_on_takes_names_from_a_closed_list() -> None:
+    s = settings({"defaults": {"retry": {"retry_on": ["transport", "deadline"]}}})
+    assert s.policy("a", "b").retry.retry_on == (TransportError, DeadlineExceeded)  # type: ignore[union-attr]
+    for bad in (["os.system"], "transport", [1]):
+        with pytest.raises(ConfigError) as info:
+            settings({"defaults": {"retry": {"retry_on": bad}}})
+        assert info.value.key == "resilience.defaults.retry.retry_on"
 
 
 def test_an_empty_section_means_no_policies() -> None:

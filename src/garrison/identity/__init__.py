@@ -23,7 +23,9 @@ from ._apikeys import (
     SqliteApiKeyStore,
 )
 from ._cache import CacheConfig, CachedResolver, VerifiedCredentialCache
+from ._config import IdentityConfig, build_resolvers
 from ._device import ClientCertConfig, ClientCertResolver, DeviceTokenConfig, DeviceTokenResolver
+from ._edge import IDENTITY_ACTION_HEADER, AccessRule, AuthMode, EdgeResult, IdentityEdge
 from ._introspect import IntrospectionConfig, IntrospectionResolver
 from ._jwks import JwksCache
 from ._jwt import ClaimMapping, JwtConfig, JwtIssuerConfig, JwtResolver
@@ -55,6 +57,13 @@ from ._sessionstore import (
 from ._verify import PassportVerifier, Requires, load_passport_codec
 
 __all__ = [
+    "build_resolvers",
+    "IdentityEdge",
+    "IdentityConfig",
+    "IDENTITY_ACTION_HEADER",
+    "EdgeResult",
+    "AuthMode",
+    "AccessRule",
     "ApiKeyConfig",
     "ApiKeyResolver",
     "ApiKeyStore",

@@ -40,7 +40,16 @@ from typing import Any
 
 import msgspec
 
-from garrison.core import ConfigError, GarrisonConfig, convert_section
+from garrison.core import (
+    ConfigError,
+    DeadlineExceeded,
+    GarrisonConfig,
+    RemoteProtocolError,
+    RemoteStatusError,
+    ServiceUnavailable,
+    TransportError,
+    convert_section,
+)
 
 from ._breaker import BreakerConfig
 from ._budget import RetryBudgetConfig
@@ -89,11 +98,46 @@ def _error(message: str, key: str, config: GarrisonConfig | None) -> ConfigError
     return ConfigError(message, source=source, key=key)
 
 
+RETRY_ON_NAMES: dict[str, type[Exception]] = {
+    "transport": TransportError,
+    "unavailable": ServiceUnavailable,
+    "timeout": TimeoutError,
+    "deadline": DeadlineExceeded,
+    "protocol": RemoteProtocolError,
+    "remote_status": RemoteStatusError,
+}
+"""What ``retry.retry_on`` may name in garrison.toml or the operator API. A closed list on
+purpose: configuration must never make the process import arbitrary code."""
+_RETRY_ON_BY_TYPE = {v: k for k, v in RETRY_ON_NAMES.items()}
+
+
 def _plain(value: Any) -> Any:
-    """``to_builtins`` hook: exception types (``retry.retry_on``) by their import path."""
+    """``to_builtins`` hook: exception types (``retry.retry_on``) by their name."""
     if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
+        name = _RETRY_ON_BY_TYPE.get(value)
+        return name if name is not None else f"{value.__module__}.{value.__qualname__}"
     raise NotImplementedError
+
+
+def _retry_on_types(value: Any, key: str, config: GarrisonConfig | None) -> Any:
+    """Map ``retry_on`` names to exception types; anything else is an error naming the key."""
+    if not isinstance(value, Mapping) or "retry_on" not in value:
+        return value
+    names = value["retry_on"]
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise _error(
+            f"expected a list of names out of {sorted(RETRY_ON_NAMES)}; got {names!r}",
+            f"{key}.retry_on",
+            config,
+        )
+    unknown = [n for n in names if n not in RETRY_ON_NAMES]
+    if unknown:
+        raise _error(
+            f"unknown exception name(s) {unknown}; expected names out of {sorted(RETRY_ON_NAMES)}",
+            f"{key}.retry_on",
+            config,
+        )
+    return {**value, "retry_on": tuple(RETRY_ON_NAMES[n] for n in names)}
 
 
 def _locate(raw: Any, tp: Any) -> str | None:
@@ -143,6 +187,8 @@ def _validate_layer(
             continue
         if name == "timeout" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if name == "retry":
+            value = _retry_on_types(value, f"{key}.retry", config)
         try:
             converted = convert_section(value, tp, key=f"{key}.{name}", config=config)
         except ConfigError as exc:

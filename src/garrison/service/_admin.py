@@ -11,13 +11,15 @@ to reach an overloaded service precisely to fix it. The control plane drives the
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from garrison.core import ConfigError, InvalidInput, json_decode, json_encode
+from garrison.core import ConfigError, InvalidInput, NotFound, json_decode, json_encode
+from garrison.resilience import ResilienceSettings
 
 from ._http_errors import error_body, error_response
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["ADMIN_PREFIX", "admin_routes"]
 
 ADMIN_PREFIX = "/_garrison/"
+# Service names, as garrison.core validates them in [services].
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -36,22 +40,54 @@ def _json(body: Any, status: int = 200) -> Response:
 def admin_routes(svc: Service) -> list[Route]:
     """The operator routes of ``svc``."""
 
+    def edge_callee(request: Request) -> str:
+        """The ``{callee}`` of the path, if this service can have an edge to it.
+
+        Without this check any path segment ("a->b", "NOT A NAME") would be accepted and kept
+        as the override of an edge that can never carry a call.
+        """
+        callee: str = request.path_params["callee"]
+        if not _NAME.match(callee):
+            message = (
+                f"not a service name: {callee[:80]!r}; expected lowercase letters, digits "
+                "and '-', starting with a letter"
+            )
+            raise InvalidInput(message, [{"loc": ["path", "callee"], "msg": message}])
+        known = set(svc.callees)
+        if svc.config is not None:
+            known.update(svc.config.services)
+        if callee not in known:
+            raise NotFound(
+                f"{svc.name} has no edge to {callee!r}: no such service "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        return callee
+
     async def resilience_state(request: Request) -> Response:
         registry = svc.resilience
+        # Every edge with a client, and every declared callee with an override (one can be
+        # set before the first call creates the client).
+        overrides = {callee: registry.override(svc.name, callee) for callee in svc.callees}
+        if svc.config is not None:
+            for callee in svc.config.services:
+                override = registry.override(svc.name, callee)
+                if override:
+                    overrides[callee] = override
+        # Plain data: validated policies hold exception types (retry.retry_on), which JSON
+        # cannot carry as such.
+        plain = ResilienceSettings.layer_to_builtins
         return _json(
             {
                 "service": svc.name,
                 "pipelines": registry.snapshot(),
                 "settings": registry.settings.to_builtins(),
-                "overrides": {
-                    callee: registry.override(svc.name, callee) for callee in svc.callees
-                },
+                "overrides": {k: plain(v) for k, v in sorted(overrides.items())},
             }
         )
 
     async def replace_edge(request: Request) -> Response:
-        callee = request.path_params["callee"]
         try:
+            callee = edge_callee(request)
             body = json_decode(await request.body())
             if not isinstance(body, dict):
                 raise InvalidInput("expected a JSON object of policies")
@@ -64,12 +100,15 @@ def admin_routes(svc: Service) -> list[Route]:
                 status_code=422,
                 media_type="application/json",
             )
-        except InvalidInput as exc:
+        except (InvalidInput, NotFound) as exc:
             return error_response(exc)
         return _json({"edge": f"{svc.name}->{callee}", "version": version})
 
     async def clear_edge(request: Request) -> Response:
-        callee = request.path_params["callee"]
+        try:
+            callee = edge_callee(request)
+        except (InvalidInput, NotFound) as exc:
+            return error_response(exc)
         version = svc.resilience.replace(svc.name, callee, {})
         return _json({"edge": f"{svc.name}->{callee}", "version": version})
 

@@ -30,6 +30,9 @@ from ._metrics import ServiceMetrics, outcome_of
 from ._resilience import (
     CRITICALITY_HEADER,
     InboundGuard,
+    answer_forbids_retry,
+    begin_answer,
+    end_answer,
     inbound_signals,
     reset_signals,
     set_signals,
@@ -43,6 +46,7 @@ ROUTE_SCOPE_KEY = "garrison.route"
 _SIGNAL_KEYS = frozenset(h.encode() for h in (CRITICALITY_HEADER, ATTEMPT_HEADER, NO_RETRY_HEADER))
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
+_NO_RETRY_KEY = NO_RETRY_HEADER.encode()
 MAX_BUDGET_MS = 24 * 3600 * 1000
 # The method is a metrics label and clients choose it: anything else is counted as "other".
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -95,6 +99,12 @@ class InboundMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status >= 500 and answer_forbids_retry():
+                    # This layer retried a dependency and gave up: no retry above it.
+                    headers = list(message.get("headers", ()))
+                    if all(k.lower() != _NO_RETRY_KEY for k, _ in headers):
+                        headers.append((_NO_RETRY_KEY, b"1"))
+                        message = {**message, "headers": headers}
             await send(message)
 
         metrics = self.metrics
@@ -103,6 +113,7 @@ class InboundMiddleware:
         trace_token = set_current_trace(span)
         signals = inbound_signals(signal_headers) if signal_headers else None
         signals_token = set_signals(signals) if signals is not None else None
+        answer_token = begin_answer()
         guard = self.guard
         ticket = None
         expired = False
@@ -155,6 +166,7 @@ class InboundMiddleware:
         finally:
             if ticket is not None:
                 InboundGuard.release(ticket, status, expired)
+            end_answer(answer_token)
             if signals_token is not None:
                 reset_signals(signals_token)
             reset_current_trace(trace_token)

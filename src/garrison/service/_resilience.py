@@ -96,6 +96,45 @@ def reset_signals(token: contextvars.Token[InboundSignals]) -> None:
     _signals.reset(token)
 
 
+class _Answer:
+    """Per inbound request: did this layer retry a dependency and give up? A mutable holder
+    (not a bool in the context variable) so that calls made in tasks the handler spawns
+    (``asyncio.gather`` copies the context) still mark the request they belong to."""
+
+    __slots__ = ("gave_up",)
+
+    def __init__(self) -> None:
+        self.gave_up = False
+
+
+_answer: contextvars.ContextVar[_Answer | None] = contextvars.ContextVar(
+    "garrison_answer", default=None
+)
+
+
+def begin_answer() -> contextvars.Token[_Answer | None]:
+    """Start the answer of a request (the middleware does this): no retry layer gave up yet."""
+    return _answer.set(_Answer())
+
+
+def end_answer(token: contextvars.Token[_Answer | None]) -> None:
+    """Undo :func:`begin_answer`."""
+    _answer.reset(token)
+
+
+def answer_forbids_retry() -> bool:
+    """Whether this layer retried a call of this request and gave up: a 5xx answer then
+    carries ``garrison-no-retry`` so that the caller's layer does not retry it again."""
+    answer = _answer.get()
+    return answer is not None and answer.gave_up
+
+
+def _gave_up() -> None:
+    answer = _answer.get()
+    if answer is not None:
+        answer.gave_up = True
+
+
 def current_criticality() -> Criticality:
     """The criticality of the request being handled (``DEFAULT`` outside requests)."""
     return _signals.get().criticality
@@ -194,9 +233,20 @@ class ResilienceInterceptor:
                 detector.on_result(request.instance, status < 500, status=status)
             return response
 
-        return await pipeline.execute(
-            attempt, criticality=crit, may_retry=may_retry, classify=_classify
-        )
+        # This layer owns the retries of the call when it may retry and has a retry policy;
+        # if the call still fails, it gave up, and the layers above must not retry it again.
+        owns_retries = may_retry and pipeline.retrier is not None
+        try:
+            response = await pipeline.execute(
+                attempt, criticality=crit, may_retry=may_retry, classify=_classify
+            )
+        except Exception:
+            if owns_retries:
+                _gave_up()
+            raise
+        if owns_retries and response.status >= 500:
+            _gave_up()
+        return response
 
 
 class InboundGuard:
