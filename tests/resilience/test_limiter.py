@@ -454,7 +454,7 @@ def test_gradient2_with_netflix_defaults_stays_within_its_tolerance() -> None:
     # rtt_tolerance 1.5 accepts up to 50% extra latency, so the limit rises to about
     # 1.5 x capacity; the long-term average slowly absorbs sustained queueing, so it keeps
     # creeping up (Gradient2's known drift) but stays bounded over this run.
-    result = simulate(LimiterConfig(limit=Gradient2Config(initial_limit=5)))
+    result = simulate(LimiterConfig(limit=Gradient2Config(initial_limit=5, rtt_tolerance=1.5)))
     settled = result.limits[len(result.limits) // 2 :]
     assert 25 <= min(settled) <= max(settled) <= 55, settled
     assert result.goodput >= 0.9 * 200

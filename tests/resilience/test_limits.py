@@ -270,7 +270,7 @@ def test_gradient2_shrinks_when_latency_rises() -> None:
 
 def test_gradient2_tolerates_latency_within_tolerance() -> None:
     clock = FakeClock()
-    limit = Gradient2Limit(Gradient2Config(initial_limit=20, max_limit=1000))
+    limit = Gradient2Limit(Gradient2Config(initial_limit=20, max_limit=1000, rtt_tolerance=1.5))
     feed(limit, clock, rtt=0.010, n=20)
     before = limit.estimate
     feed(limit, clock, rtt=0.014, n=5)  # 1.4x: within rtt_tolerance 1.5, still growing

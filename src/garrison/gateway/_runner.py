@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from starlette.types import ASGIApp
+
 from garrison.core import GarrisonConfig, configure_logging, get_logger
+from garrison.identity._passport import PassportCodec
+from garrison.identity._reload import reload_on_sighup
 
 from ._app import Gateway
 from ._config import GatewayConfig
@@ -22,7 +28,8 @@ def gateway_url(config: GarrisonConfig) -> str:
 
 
 def run_gateway(config: GarrisonConfig) -> None:
-    """Serve the gateway of ``config`` until SIGINT/SIGTERM; blocks.
+    """Serve the gateway of ``config`` until SIGINT/SIGTERM; blocks. SIGHUP re-reads the
+    passport keys (:mod:`garrison.identity._reload`).
 
     The configuration is validated (and secrets read) before the port is bound, so a bad
     ``[gateway]`` or ``[identity]`` fails at once with a ConfigError naming the key.
@@ -34,8 +41,15 @@ def run_gateway(config: GarrisonConfig) -> None:
     gw = app.config
     routes = len(app.table.routes)
     _log.info("gateway listening on http://%s:%d (%d routes)", gw.host, gw.port, routes)
+    served: ASGIApp = app
+    if Path(config.source).is_file():  # SIGHUP re-reads the passport keys (key rotation)
+
+        def use(codec: PassportCodec) -> None:
+            app.edge.codec = codec
+
+        served = reload_on_sighup(app, config.source, use, signing=True, what="gateway")
     uvicorn.run(
-        app,
+        served,
         host=gw.host,
         port=gw.port,
         log_level="warning",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 from garrison.core import ConfigError, GarrisonConfig, configure_logging, get_logger
+from garrison.identity import PassportCodec, PassportVerifier
+from garrison.identity._reload import reload_on_sighup
 
 from ._service import Service
 
@@ -41,7 +44,8 @@ def load_service(config: GarrisonConfig, name: str) -> Service:
 
 
 def run_service(config: GarrisonConfig, name: str, replica: int = 0) -> None:
-    """Serve service ``name`` (replica ``replica``) until SIGINT/SIGTERM; blocks."""
+    """Serve service ``name`` (replica ``replica``) until SIGINT/SIGTERM; blocks. SIGHUP
+    re-reads the passport keys (:mod:`garrison.identity._reload`)."""
     import uvicorn
 
     spec = config.service(name)
@@ -55,8 +59,16 @@ def run_service(config: GarrisonConfig, name: str, replica: int = 0) -> None:
     svc.configure(config, replica)
     port = spec.port + replica
     _log.info("service %s replica %d listening on http://%s:%d", name, replica, spec.host, port)
+    app = svc.asgi()
+    if Path(config.source).is_file():  # SIGHUP re-reads the passport keys (key rotation)
+
+        def use(codec: PassportCodec) -> None:
+            svc.identity.use(PassportVerifier(codec))
+
+        what = f"service {name} replica {replica}"
+        app = reload_on_sighup(app, config.source, use, signing=False, what=what)
     uvicorn.run(
-        svc.asgi(),
+        app,
         host=spec.host,
         port=port,
         log_level="warning",
