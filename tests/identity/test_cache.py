@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from garrison.core import ConfigError, FakeClock, Unauthenticated, convert_section
+from garrison.identity import _cache
 from garrison.identity._cache import (
     CacheConfig,
     CachedRejection,
@@ -362,6 +363,48 @@ async def test_cached_resolver_remembers_rejections_briefly() -> None:
     with pytest.raises(Unauthenticated):
         await resolver.resolve(cred("t", resolver="counting"))
     assert inner.calls == 2
+
+
+async def test_cached_resolver_hashes_a_credential_once_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache, clock = make(negative_ttl=2)
+    inner = CountingResolver(clock)
+    inner.bad.add("bad")
+    resolver = CachedResolver(inner, cache)
+    hashed: list[Credential] = []
+    real = _cache.credential_digest
+
+    def counting(credential: Credential) -> bytes:
+        hashed.append(credential)
+        return real(credential)
+
+    monkeypatch.setattr(_cache, "credential_digest", counting)
+    good, bad = cred("good", resolver="counting"), cred("bad", resolver="counting")
+    await resolver.resolve(good)  # miss: lookup, resolve, put
+    assert len(hashed) == 1
+    await resolver.resolve(good)  # hit
+    assert len(hashed) == 2
+    with pytest.raises(Unauthenticated):
+        await resolver.resolve(bad)  # miss: lookup, resolve, put_rejection
+    assert len(hashed) == 3
+    assert isinstance(cache.lookup(good), Resolution)
+    assert isinstance(cache.lookup(bad), CachedRejection)
+
+
+def test_a_digest_given_is_the_key_used() -> None:
+    cache, clock = make(stale_ttl=10)
+    c = cred("t")
+    d = credential_digest(c)
+    cache.put(c, res(clock.time() + 60), ttl=1, digest=d)
+    assert cache.get(cred("t")) is not None
+    assert cache.lookup(c, digest=d) == cache.get(c, digest=d)
+    clock.advance(2)
+    assert cache.get_stale(c, digest=d) is not None
+    assert cache.invalidate(c, digest=d)
+    assert cache.lookup(c) is None
+    cache.put_rejection(c, Unauthenticated("no", reason="bad"), digest=d)
+    assert isinstance(cache.lookup(cred("t")), CachedRejection)
 
 
 # -- SingleFlight -------------------------------------------------------------------------------

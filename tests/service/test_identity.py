@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from garrison.core import ConfigError, FakeClock, parse_config
+from garrison.core import ConfigError, FakeClock, Unauthenticated, parse_config
 from garrison.identity import (
     Assurance,
     Authentication,
@@ -665,6 +665,55 @@ def test_the_verifier_caches_until_expiry(codec: PassportCodec, clock: FakeClock
     assert len(verifier) == 0
     with pytest.raises(ValueError, match="max_entries"):
         PassportVerifier(codec, max_entries=-1)
+
+
+def test_the_verifier_evicts_oldest_first_in_constant_time(codec: PassportCodec) -> None:
+    verifier = PassportVerifier(codec, max_entries=3)
+    tokens = [mint(codec, txn=f"t{i}") for i in range(50)]
+    for t in tokens:
+        verifier.verify(t)
+    assert list(verifier._cache) == tokens[-3:]
+    assert verifier.verify(tokens[-1]) is verifier.verify(tokens[-1])
+    assert (verifier.hits, verifier.misses) == (2, 50)
+
+
+def test_a_keyring_change_makes_the_verifier_verify_afresh(
+    codec: PassportCodec, keyring: Keyring
+) -> None:
+    verifier = PassportVerifier(codec)
+    token = mint(codec)
+    first = verifier.verify(token)
+    keyring.add(PassportKey.hmac("k2", OTHER_SECRET))
+    assert verifier.verify(token) == first  # verified again: k1 is still there
+    assert (verifier.hits, verifier.misses) == (0, 2)
+    assert verifier.verify(token) == first
+    assert verifier.hits == 1
+    keyring.activate("k2")
+    keyring.retire("k1")
+    with pytest.raises(Unauthenticated) as info:
+        verifier.verify(token)
+    assert info.value.reason == "unknown_key"
+    assert len(verifier) == 0
+
+
+def test_a_keyring_change_during_a_verify_leaves_its_entry_stale(
+    codec: PassportCodec, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = PassportVerifier(codec)
+    token = mint(codec)
+    real = verifier._verify
+
+    def racing(t: str | bytes) -> Passport:
+        passport = real(t)
+        keyring.retire("k2")  # as if another thread retired a key right after the tag checked
+        return passport
+
+    keyring.add(PassportKey.hmac("k2", OTHER_SECRET))
+    monkeypatch.setattr(verifier, "_verify", racing)
+    verifier.verify(token)
+    monkeypatch.undo()
+    verifier.verify(token)
+    assert (verifier.hits, verifier.misses) == (0, 2)
 
 
 def test_failures_are_not_cached(codec: PassportCodec) -> None:

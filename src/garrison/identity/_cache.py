@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time as _time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ class VerifiedCredentialCache:
     def __init__(self, config: CacheConfig | None = None, *, clock: Clock | None = None) -> None:
         self.config = config or CacheConfig()
         self._clock = clock or SystemClock()
+        # bound once (SystemClock.time is time.time, one frame less)
+        self._time = _time.time if type(self._clock) is SystemClock else self._clock.time
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._negative: OrderedDict[bytes, tuple[float, Hashable, CachedRejection]] = OrderedDict()
         self._by_owner: dict[str, set[bytes]] = {}
@@ -193,15 +196,21 @@ class VerifiedCredentialCache:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def get(self, credential: Credential, *, generation: Hashable = None) -> Resolution | None:
-        """The fresh resolution of ``credential``, or None (counted as a miss)."""
-        key = credential_digest(credential)
+    def get(
+        self, credential: Credential, *, generation: Hashable = None, digest: bytes | None = None
+    ) -> Resolution | None:
+        """The fresh resolution of ``credential``, or None (counted as a miss).
+
+        ``digest``, on this method and the others, is ``credential_digest(credential)`` when the
+        caller has it already: a miss looks up, verifies and stores, with one hash, not two.
+        """
+        key = credential_digest(credential) if digest is None else digest
         entry = self._entries.get(key)
         if entry is not None:
             if entry.generation != generation:
                 self._drop(key)
                 self._invalidations += 1
-            elif self._clock.time() < entry.fresh_until:
+            elif self._time() < entry.fresh_until:
                 self._entries.move_to_end(key)
                 self._hits += 1
                 return entry.resolution
@@ -209,12 +218,12 @@ class VerifiedCredentialCache:
         return None
 
     def lookup(
-        self, credential: Credential, *, generation: Hashable = None
+        self, credential: Credential, *, generation: Hashable = None, digest: bytes | None = None
     ) -> Resolution | CachedRejection | None:
         """A fresh resolution, a remembered rejection, or None."""
-        key = credential_digest(credential)
+        key = credential_digest(credential) if digest is None else digest
         entry = self._entries.get(key)
-        now = self._clock.time()
+        now = self._time()
         if entry is not None:
             if entry.generation != generation:
                 self._drop(key)
@@ -234,18 +243,18 @@ class VerifiedCredentialCache:
         return None
 
     def get_stale(
-        self, credential: Credential, *, generation: Hashable = None
+        self, credential: Credential, *, generation: Hashable = None, digest: bytes | None = None
     ) -> Resolution | None:
         """The last resolution of ``credential`` if it may still be served *degraded*.
 
         Only within ``stale_ttl`` after its fresh time, never past the credential's expiry and
         never across a generation change. The answer carries ``degraded=True``.
         """
-        key = credential_digest(credential)
+        key = credential_digest(credential) if digest is None else digest
         entry = self._entries.get(key)
         if entry is None or entry.generation != generation:
             return None
-        now = self._clock.time()
+        now = self._time()
         if now >= entry.hard_until or now >= entry.fresh_until + self.config.stale_ttl:
             return None
         self._stale_hits += 1
@@ -260,6 +269,7 @@ class VerifiedCredentialCache:
         *,
         generation: Hashable = None,
         ttl: float | None = None,
+        digest: bytes | None = None,
     ) -> None:
         """Remember ``resolution`` for at most ``ttl`` (and ``max_ttl``, and its expiry).
 
@@ -268,12 +278,12 @@ class VerifiedCredentialCache:
         """
         if resolution.degraded or resolution.actions:
             return
-        now = self._clock.time()
+        now = self._time()
         hard = resolution.expires_at
         fresh = min(hard, now + self.config.max_ttl, now + ttl if ttl is not None else hard)
         if fresh <= now:
             return
-        key = credential_digest(credential)
+        key = credential_digest(credential) if digest is None else digest
         self._drop(key)
         self._negative.pop(key, None)
         entry = _Entry(resolution, generation, fresh, hard)
@@ -292,15 +302,16 @@ class VerifiedCredentialCache:
         *,
         generation: Hashable = None,
         ttl: float | None = None,
+        digest: bytes | None = None,
     ) -> None:
         """Remember that ``credential`` was rejected, for ``negative_ttl`` (or less)."""
         limit = self.config.max_negative_entries
         span = self.config.negative_ttl if ttl is None else min(ttl, self.config.negative_ttl)
         if limit == 0 or span <= 0:
             return
-        key = credential_digest(credential)
+        key = credential_digest(credential) if digest is None else digest
         self._negative[key] = (
-            self._clock.time() + span,
+            self._time() + span,
             generation,
             CachedRejection(reason=error.reason, message=str(error)),
         )
@@ -311,9 +322,9 @@ class VerifiedCredentialCache:
 
     # -- invalidation -------------------------------------------------------------------------
 
-    def invalidate(self, credential: Credential) -> bool:
+    def invalidate(self, credential: Credential, *, digest: bytes | None = None) -> bool:
         """Forget ``credential`` (positive and negative); True if anything was held."""
-        key = credential_digest(credential)
+        key = credential_digest(credential) if digest is None else digest
         found = self._drop(key) | (self._negative.pop(key, None) is not None)
         self._invalidations += found
         return found
@@ -429,7 +440,8 @@ class CachedResolver:
     async def resolve(self, credential: Credential) -> Resolution:
         """A cached resolution, or the inner resolver's (then cached)."""
         gen = self._generation() if self._generation is not None else None
-        hit = self.cache.lookup(credential, generation=gen)
+        digest = credential_digest(credential)  # once: the miss path stores under it too
+        hit = self.cache.lookup(credential, generation=gen, digest=digest)
         if isinstance(hit, Resolution):
             return hit
         if hit is not None:
@@ -437,7 +449,7 @@ class CachedResolver:
         try:
             resolution = await self.inner.resolve(credential)
         except Unauthenticated as exc:
-            self.cache.put_rejection(credential, exc, generation=gen)
+            self.cache.put_rejection(credential, exc, generation=gen, digest=digest)
             raise
-        self.cache.put(credential, resolution, generation=gen)
+        self.cache.put(credential, resolution, generation=gen, digest=digest)
         return resolution

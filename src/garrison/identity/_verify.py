@@ -8,11 +8,12 @@ fan-out calls the same service once per item, every retry sends it again. So
 :class:`PassportVerifier` keeps each verified token, keyed by its exact bytes (the encoding is
 canonical, so one passport has one spelling), until the passport expires:
 
-* a hit costs a dict lookup, a clock read and a keyring lookup: the key that verified the token
-  must still be in the keyring (``is`` the same object), so retiring a key stops its cached
-  passports at the next request, as it stops uncached ones;
-* the cache is bounded (``max_entries``), oldest first out: passports share one lifetime, so
-  insertion order is expiry order;
+* a hit costs a dict lookup, a clock read and an identity check: the keyring must not have
+  changed since the token was verified. A keyring swaps its dict of keys on every ``add`` and
+  ``retire``, and an entry made under another dict is verified afresh, so retiring a key stops
+  its cached passports at the next request, as it stops uncached ones;
+* the cache is bounded (``max_entries``), oldest first out (an ``OrderedDict``: O(1) eviction):
+  passports share one lifetime, so insertion order is expiry order;
 * failures are not cached: they cost no more than a miss, and a rejected token must keep being
   rejected for the reason the codec gives.
 
@@ -27,11 +28,11 @@ one and retry) or :class:`~garrison.core.PermissionDenied` (403: known, but not 
 
 from __future__ import annotations
 
-import base64
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import msgspec
 
@@ -45,7 +46,7 @@ from garrison.core import (
     get_logger,
 )
 
-from ._keys import DEV_KEY_FILE, Keyring, KeysConfig, PassportKey
+from ._keys import DEV_KEY_FILE, Keyring, KeysConfig
 from ._model import Assurance, Passport, TrustLevel
 from ._passport import PassportCodec
 
@@ -63,8 +64,6 @@ _log = get_logger("identity")
 ENV_VAR = "GARRISON_ENV"
 """Set to ``production`` (or ``prod``) to forbid the development passport key."""
 _PRODUCTION = frozenset({"production", "prod"})
-# base64url of the header and the longest kid (5 + 16 bytes) fits in the first 28 characters.
-_HEADER_CHARS = 28
 
 
 def is_production(env: Mapping[str, str] | None = None) -> bool:
@@ -76,10 +75,9 @@ def is_production(env: Mapping[str, str] | None = None) -> bool:
 # -- the verifier ----------------------------------------------------------------------------
 
 
-class _Entry(NamedTuple):
-    passport: Passport
-    key: PassportKey
-    valid_until: float
+# (passport, the keyring's dict of keys when it was verified, valid until): a plain tuple, as
+# cheap to make and to unpack as anything in Python.
+_Entry: TypeAlias = tuple[Passport, object, float]
 
 
 class PassportVerifier:
@@ -90,15 +88,20 @@ class PassportVerifier:
     as safe as a fresh one.
     """
 
-    __slots__ = ("_cache", "_codec", "_max", "_now", "hits", "misses")
+    __slots__ = (
+        "_cache", "_codec", "_keyring", "_leeway", "_max", "_now", "_verify", "hits", "misses",
+    )  # fmt: skip
 
     def __init__(self, codec: PassportCodec, *, max_entries: int = 4096) -> None:
         if not (isinstance(max_entries, int) and max_entries >= 0):
             raise ValueError(f"max_entries must be an int >= 0, got {max_entries!r}")
         self._codec = codec
+        self._verify = codec.verify
         self._max = max_entries
-        self._now = codec.clock.time
-        self._cache: dict[str | bytes, _Entry] = {}
+        self._keyring = codec.keyring
+        self._leeway = codec.leeway
+        self._now = codec._now  # the codec's clock, bound once (time.time for the system clock)
+        self._cache: OrderedDict[str | bytes, _Entry] = OrderedDict()
         self.hits = 0
         """Tokens answered from the cache."""
         self.misses = 0
@@ -121,28 +124,20 @@ class PassportVerifier:
         cache = self._cache
         entry = cache.get(token)
         if entry is not None:
-            if (
-                self._now() <= entry.valid_until
-                and self._codec.keyring.get(entry.key._kid_bytes) is entry.key
-            ):
+            passport, keys, valid_until = entry
+            if keys is self._keyring._by_kid and self._now() <= valid_until:
                 self.hits += 1
-                return entry.passport
-            del cache[token]
+                return passport
+            cache.pop(token, None)
         self.misses += 1
-        passport = self._codec.verify(token)
+        # Read before verifying: should the keyring change meanwhile, the entry is stale at once.
+        keys = self._keyring._by_kid
+        passport = self._verify(token)
         if self._max:
-            key = self._codec.keyring.get(_kid_of(token))
-            if key is not None:  # it verified, so the key is there: nothing between the two
-                if len(cache) >= self._max:
-                    del cache[next(iter(cache))]
-                cache[token] = _Entry(passport, key, passport.expires_at + self._codec.leeway)
+            if len(cache) >= self._max:
+                cache.popitem(last=False)
+            cache[token] = (passport, keys, passport.expires_at + self._leeway)
         return passport
-
-
-def _kid_of(token: str | bytes) -> bytes:
-    head = token[:_HEADER_CHARS]
-    raw = base64.urlsafe_b64decode(head if isinstance(head, bytes) else head.encode("ascii"))
-    return raw[5 : 5 + raw[4]]
 
 
 # -- route requirements ----------------------------------------------------------------------

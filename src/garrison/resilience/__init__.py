@@ -5,7 +5,8 @@ pipeline per edge and replaceable while the system runs.
 Each policy's decisions live in a sans-I/O core driven by an injectable clock; the
 :class:`Pipeline` composes them in a documented order; :class:`PolicyRegistry` holds the live
 pipelines of a process; the service layer plugs them into the inter-service client and the
-inbound side of every service.
+inbound side of every service. ``@resilient`` protects any function: async ones through the
+:class:`Pipeline`, plain ``def`` ones through a :class:`SyncPipeline` (decided at decoration).
 """
 
 from ._base import Criticality, Listener, PolicyEvent, Rejected, emit
@@ -34,7 +35,14 @@ from ._limits import (
 )
 from ._outlier import OutlierConfig, OutlierDetector
 from ._pipeline import POLICY_NAMES, Outcome, Pipeline, PolicyConfig
-from ._ratelimit import RateLimitConfig, RedisTokenBucket, TokenBucket
+from ._ratelimit import (
+    RateLimitConfig,
+    RedisTokenBucket,
+    SharedRateLimit,
+    TokenBucket,
+    close_shared_redis_clients,
+    shared_redis_client,
+)
 from ._registry import PolicyRegistry
 from ._retry import (
     ATTEMPT_HEADER,
@@ -50,6 +58,7 @@ from ._retry import (
     retry_headers,
 )
 from ._settings import ResilienceSettings, edge_key
+from ._sync import SyncBulkhead, SyncPipeline
 from ._throttle import AdaptiveThrottle, ThrottleConfig, ThrottleSnapshot
 
 __all__ = [
@@ -101,6 +110,9 @@ __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "RetryState",
+    "SharedRateLimit",
+    "SyncBulkhead",
+    "SyncPipeline",
     "ThrottleConfig",
     "ThrottleSnapshot",
     "Token",
@@ -109,6 +121,7 @@ __all__ = [
     "VegasLimit",
     "WindowConfig",
     "WindowedLimit",
+    "close_shared_redis_clients",
     "edge_key",
     "emit",
     "make_limit",
@@ -117,4 +130,5 @@ __all__ = [
     "resilient",
     "response_forbids_retry",
     "retry_headers",
+    "shared_redis_client",
 ]

@@ -8,7 +8,8 @@ edge. The order of the policies is fixed and documented (outermost first)::
     fallback                 catches what is left after everything below gave up
       retry + budget         each attempt goes through everything below, again
         (hedging)            instead of waiting out a slow attempt, race a second one
-          rate limit         token bucket: refuse beyond the configured rate
+          rate limit         token bucket: refuse beyond the configured rate (local, or
+                             shared by the fleet through Redis: the one async admission)
           adaptive throttle  the SRE client-side formula: refuse locally what the callee refuses
           circuit breaker    refuse while the callee is failing; probe it when half-open
           bulkhead           cap the calls in flight, queue a few, time the queue out
@@ -23,9 +24,16 @@ latency it learns from is the callee's, not the queue's; retries wrap everything
 attempt is admitted afresh (a retry during an open breaker is refused, not sent).
 
 The path is written as one flat coroutine, not as a chain of nested wrappers: each policy costs
-a method call on its sans-I/O core, and the whole pipeline adds a few microseconds per call.
+a method call on its sans-I/O core, and the whole pipeline adds a few microseconds per call. A
+shared rate limit (``rate_limit.shared``) is the one admission that awaits (a Redis round trip,
+bounded by ``redis_timeout``); it is a single ``is not None`` test when not configured.
 Per-attempt timeouts use the shared :class:`~garrison.core.TimeoutWheel` (about 1 µs) unless the
 attempt enforces its budget itself (an HTTP transport does: ``native_timeout``).
+
+The cores, the counters, the events and the synchronous steps (admission, the reports, giving
+back what an attempt holds) live in :class:`_PipelineBase`; :class:`Pipeline` adds the async
+call path and :class:`~garrison.resilience._sync.SyncPipeline` the synchronous one (for plain
+``def`` functions), so both decide with the same code.
 
 Shadow mode: a policy named in ``shadow`` decides as usual but never refuses; the refusals it
 would have made are counted (:attr:`Pipeline.shadow_rejections`) and announced as events, so an
@@ -47,7 +55,8 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -65,11 +74,11 @@ from garrison.core import (
 from ._base import Criticality, Listener, PolicyEvent, Rejected, emit
 from ._breaker import BreakerConfig, CircuitBreaker
 from ._budget import RetryBudget, RetryBudgetConfig
-from ._bulkhead import AsyncBulkhead, BulkheadConfig
+from ._bulkhead import AsyncBulkhead, Bulkhead, BulkheadConfig
 from ._hedge import HedgeConfig, Hedger
 from ._limiter import ConcurrencyLimiter, LimiterConfig, Token
 from ._outlier import OutlierConfig
-from ._ratelimit import RateLimitConfig, TokenBucket
+from ._ratelimit import RateLimitConfig, SharedRateLimit, TokenBucket
 from ._retry import Retrier, RetryPolicy
 from ._throttle import AdaptiveThrottle, ThrottleConfig
 
@@ -106,7 +115,7 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     hedge: HedgeConfig | None = None
     """Hedged attempts for slow calls (only for idempotent calls)."""
     rate_limit: RateLimitConfig | None = None
-    """A local token bucket."""
+    """A token bucket: local, or shared by every replica through Redis (``shared``)."""
     throttle: ThrottleConfig | None = None
     """Client-side adaptive throttling (Google SRE)."""
     breaker: BreakerConfig | None = None
@@ -166,24 +175,33 @@ def _is_overload(status: int | None) -> bool:
     return status == 429 or status == 503
 
 
-class Pipeline:
-    """Every policy of one edge, composed; shared by all calls on the edge.
+class _BulkheadSide(Protocol):
+    """A bulkhead as the shared steps see it: its core, and giving a slot back."""
 
-    Build with :meth:`from_config`; call with :meth:`call` (any async function) or
-    :meth:`execute` (an attempt function that receives its timeout, e.g. an HTTP request whose
-    transport enforces it).
+    @property
+    def core(self) -> Bulkhead[Any]: ...
+
+    def release(self) -> None: ...
+
+
+class _PipelineBase:
+    """What :class:`Pipeline` (async) and ``SyncPipeline`` (sync) share: the cores of one
+    edge's policies, the counters and events, and the synchronous steps of the call path
+    (admission, reports, giving back what an attempt holds). The subclasses add the path
+    itself and their own bulkhead (one that waits on the event loop, or one a thread waits on).
     """
+
+    bulkhead: _BulkheadSide | None
+    """The bulkhead (its I/O layer), or None."""
 
     def __init__(
         self,
-        config: PolicyConfig | None = None,
+        cfg: PolicyConfig,
         *,
-        name: str = "pipeline",
-        version: int = 1,
-        clock: Clock | None = None,
-        fallback: Callable[[BaseException], Awaitable[Any]] | None = None,
+        name: str,
+        version: int,
+        clock: Clock | None,
     ) -> None:
-        cfg = config or PolicyConfig()
         self.config = cfg
         self.name = name
         """The edge this pipeline protects (``caller->callee`` or ``caller->callee /route``)."""
@@ -194,9 +212,6 @@ class Pipeline:
         # Attempt durations on the pipeline's clock, so the cores see one time line (the
         # system clock's bound builtin skips a Python-level call on the hot path).
         self._now = time.monotonic if type(clk) is SystemClock else clk.monotonic
-        self.fallback = fallback
-        """Called with the final exception; fixed at construction."""
-        self._wheel: TimeoutWheel | None = None
         self.timeout = cfg.timeout
         budget = None
         if cfg.retry is not None or cfg.retry_budget is not None:
@@ -204,12 +219,22 @@ class Pipeline:
         self.budget = budget
         self.retrier = Retrier(cfg.retry, budget=budget, clock=clk) if cfg.retry else None
         self.hedger = Hedger(cfg.hedge, clock=clk) if cfg.hedge else None
-        self.rate = TokenBucket(cfg.rate_limit, clock=clk) if cfg.rate_limit else None
+        rl = cfg.rate_limit
+        self.rate = TokenBucket(rl, clock=clk) if rl is not None and rl.shared is None else None
+        """The local token bucket, or None."""
+        self.shared_rate = (
+            SharedRateLimit(
+                rl, key=rl.key or SharedRateLimit.default_key(name), name=name, clock=clk
+            )
+            if rl is not None and rl.shared is not None
+            else None
+        )
+        """The token bucket shared through Redis, or None."""
         self.throttle = (
             AdaptiveThrottle(cfg.throttle, name=name, clock=clk) if cfg.throttle else None
         )
         self.breaker = CircuitBreaker(cfg.breaker, name=name, clock=clk) if cfg.breaker else None
-        self.bulkhead = AsyncBulkhead(cfg.bulkhead, name=name, clock=clk) if cfg.bulkhead else None
+        self.bulkhead = None
         self.limiter = (
             ConcurrencyLimiter(cfg.limiter, name=name, clock=clk) if cfg.limiter else None
         )
@@ -225,20 +250,13 @@ class Pipeline:
         self.failures = 0
         """Calls that ended in an exception after every retry."""
         self._listeners: list[Listener] = []
-        if fallback is None and self.hedger is None:
-            self.execute = self._run  # type: ignore[method-assign]  # one coroutine frame less
-
-    @classmethod
-    def from_config(cls, config: PolicyConfig, **kw: Any) -> Pipeline:
-        """A pipeline of the policies in ``config`` (see :class:`Pipeline` for ``kw``)."""
-        return cls(config, **kw)
 
     # -- events --------------------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
         """Receive the :class:`PolicyEvent` of every policy of this pipeline."""
         self._listeners.append(listener)
-        for core in (self.breaker, self.limiter):
+        for core in (self.breaker, self.limiter, self.shared_rate):
             if core is not None:
                 core.add_listener(listener)
 
@@ -261,15 +279,225 @@ class Pipeline:
         self.rejections[policy] = self.rejections.get(policy, 0) + 1
         raise rejection
 
+    def _admit(self, criticality: Criticality, left: float | None) -> int | None:
+        """The synchronous admissions (rate, throttle, breaker); returns the breaker permit."""
+        # Expired work is dropped before it takes a token, a throttle count or a probe.
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"{self.name}: deadline spent before the attempt")
+        rate = self.rate
+        if rate is not None and not rate.try_acquire():
+            self._refuse(
+                "rate_limit", Rejected("rate_limit", "rate exceeded", retry_after=rate.wait_time())
+            )
+        throttle = self.throttle
+        if throttle is not None and not throttle.try_acquire(criticality):
+            self._refuse("throttle", Rejected("throttle", "callee refuses most calls"))
+        permit: int | None = None
+        breaker = self.breaker
+        if breaker is not None:
+            try:
+                permit = breaker.acquire()
+            except Rejected as rej:
+                self._refuse("breaker", rej)
+        return permit
+
+    def _left_after_wait(self, deadline: Deadline, permit: int | None, in_bulkhead: bool) -> float:
+        """The caller's time left after a bulkhead wait; gives everything back if none is."""
+        left = deadline.remaining()
+        if left <= 0:
+            self._abandon(permit, in_bulkhead, None)
+            raise DeadlineExceeded(f"{self.name}: deadline spent waiting for the bulkhead")
+        return left
+
+    def _acquire_limiter(
+        self, criticality: Criticality, left: float | None, permit: int | None, in_bulkhead: bool
+    ) -> Token | None:
+        assert self.limiter is not None
+        token = self.limiter.try_acquire(criticality, left)
+        if token is None:
+            self._limiter_refused(permit, in_bulkhead)
+        return token
+
+    def _limiter_refused(self, permit: int | None, in_bulkhead: bool) -> None:
+        """The limiter said no (its shadow mode admits and never gets here)."""
+        assert self.limiter is not None
+        if "limiter" not in self.shadow:
+            # Refused for real: hand back what the outer policies granted. (In shadow mode
+            # the call goes on holding them, and its outcome releases them.)
+            self._abandon(permit, in_bulkhead, None)
+        self._refuse("limiter", self.limiter.rejection())
+
+    def _abandon(self, permit: int | None, in_bulkhead: bool, token: Token | None) -> None:
+        """Give back what an attempt holds without saying anything about the callee."""
+        if in_bulkhead:
+            self.bulkhead.release()  # type: ignore[union-attr]
+        if permit is not None:
+            self.breaker.on_ignored(permit)  # type: ignore[union-attr]
+        if token is not None:
+            token.on_ignore()
+
+    def _succeed(
+        self, duration: float, permit: int | None, in_bulkhead: bool, token: Token | None
+    ) -> None:
+        """Report an attempt that succeeded (the async path inlines these same steps)."""
+        if in_bulkhead:
+            self.bulkhead.release()  # type: ignore[union-attr]
+        if permit is not None:
+            self.breaker.on_success(duration, permit)  # type: ignore[union-attr]
+        if token is not None:
+            token.on_success()
+        if self.throttle is not None:
+            self.throttle.on_accepted()
+
+    def _report(
+        self,
+        error: BaseException | None,
+        status: int | None,
+        duration: float,
+        permit: int | None,
+        in_bulkhead: bool,
+        token: Token | None,
+    ) -> None:
+        """Report an attempt that did not simply succeed (an error, or a status >= 429)."""
+        if in_bulkhead:
+            self.bulkhead.release()  # type: ignore[union-attr]
+        # An interruption (a cancellation, Ctrl-C, SystemExit) says nothing about the callee.
+        cancelled = error is not None and not isinstance(error, Exception)
+        # Whether the callee answered: a status (returned or raised) is an answer; a timeout,
+        # a transport error or a bug is not.
+        answered = error is None
+        if isinstance(error, RemoteStatusError):
+            answered, status = True, error.status
+        overload = _is_overload(status) or isinstance(error, Rejected)
+        breaker = self.breaker
+        if breaker is not None and permit is not None:
+            if cancelled:
+                breaker.on_ignored(permit)
+            elif not answered or _is_failure(status):
+                breaker.on_failure(duration, permit)
+            else:
+                breaker.on_success(duration, permit)
+        if token is not None:
+            if cancelled:
+                token.on_ignore()
+            elif overload or isinstance(error, TimeoutError | DeadlineExceeded):
+                token.on_dropped()
+            elif answered:
+                token.on_success()
+            else:
+                token.on_ignore()
+        throttle = self.throttle
+        if throttle is not None and not cancelled:
+            if overload:
+                throttle.on_rejected()
+            elif answered:
+                throttle.on_accepted()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state of every policy, for metrics, the CLI and the control plane."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "calls": self.calls,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "rejections": dict(self.rejections),
+            "shadow": sorted(self.shadow),
+            "shadow_rejections": dict(self.shadow_rejections),
+        }
+        if self.breaker is not None:
+            m = self.breaker.metrics()
+            out["breaker"] = {
+                "state": m.state.value,
+                "failure_rate": m.failure_rate,
+                "slow_call_rate": m.slow_call_rate,
+                "not_permitted": m.not_permitted_calls,
+            }
+        if self.limiter is not None:
+            s = self.limiter.snapshot()
+            out["limiter"] = {"limit": s.limit, "inflight": s.inflight, "rejected": s.rejected}
+        if self.bulkhead is not None:
+            core = self.bulkhead.core
+            out["bulkhead"] = {"active": core.active, "waiting": core.waiting}
+        if self.retrier is not None:
+            out["retry"] = {
+                "retries": self.retrier.retries,
+                "gave_up": {k.value: v for k, v in self.retrier.stops.items() if v},
+            }
+        if self.throttle is not None:
+            out["throttle"] = {"reject_probability": self.throttle.reject_probability}
+        if self.shared_rate is not None:
+            out["rate_limit"] = self.shared_rate.snapshot()
+        return out
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} v{self.version}>"
+
+
+class Pipeline(_PipelineBase):
+    """Every policy of one edge, composed; shared by all calls on the edge.
+
+    Build with :meth:`from_config`; call with :meth:`call` (any async function) or
+    :meth:`execute` (an attempt function that receives its timeout, e.g. an HTTP request whose
+    transport enforces it). For plain ``def`` functions, see ``SyncPipeline`` (what
+    ``@resilient`` builds around a sync function).
+    """
+
+    bulkhead: AsyncBulkhead | None
+
+    def __init__(
+        self,
+        config: PolicyConfig | None = None,
+        *,
+        name: str = "pipeline",
+        version: int = 1,
+        clock: Clock | None = None,
+        fallback: Callable[[BaseException], Awaitable[Any]] | None = None,
+    ) -> None:
+        cfg = config or PolicyConfig()
+        super().__init__(cfg, name=name, version=version, clock=clock)
+        self.fallback = fallback
+        """Called with the final exception; fixed at construction."""
+        self._wheel: TimeoutWheel | None = None
+        self.bulkhead = (
+            AsyncBulkhead(cfg.bulkhead, name=name, clock=self._clock) if cfg.bulkhead else None
+        )
+        if fallback is None and self.hedger is None:
+            self.execute = self._run  # type: ignore[method-assign]  # one coroutine frame less
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig, **kw: Any) -> Pipeline:
+        """A pipeline of the policies in ``config`` (see :class:`Pipeline` for ``kw``)."""
+        return cls(config, **kw)
+
     # -- the call path -------------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` through the pipeline (timeouts by the shared wheel)."""
+        """Run ``fn(*args, **kwargs)`` through the pipeline (timeouts by the shared wheel).
+
+        ``fn`` must return an awaitable. A plain ``def`` function raises :class:`TypeError` as
+        soon as it has returned (telling sync functions apart costs nothing this way, but it
+        has run once): decorate it with ``@resilient`` instead, which gives sync functions a
+        sync pipeline.
+        """
 
         def attempt(_: float | None) -> Awaitable[T]:
             return fn(*args, **kwargs)
 
-        return await self.execute(attempt, native_timeout=False)
+        try:
+            return await self.execute(attempt, native_timeout=False)
+        except TypeError as exc:
+            if _awaited_a_plain_value(exc):
+                name = getattr(fn, "__qualname__", repr(fn))
+                raise TypeError(
+                    f"Pipeline.call needs an async function; {name} returned a value that "
+                    "cannot be awaited (it has run once). For a plain def function use "
+                    "@resilient(...) on it (a sync function gets a sync wrapper and a "
+                    "SyncPipeline) or SyncPipeline.call"
+                ) from exc
+            raise
 
     async def execute(
         self,
@@ -305,6 +533,8 @@ class Pipeline:
         try:
             return await run
         except Exception as exc:  # the fallback's job is precisely to catch what is left
+            if isinstance(exc, TypeError) and _awaited_a_plain_value(exc):
+                raise  # a sync function given to call(): a bug to show, not a failure to hide
             result: T = await self.fallback(exc)
             return result
 
@@ -327,12 +557,15 @@ class Pipeline:
         breaker = self.breaker
         bulkhead = self.bulkhead
         limiter = self.limiter
+        shared = self.shared_rate
         now = self._now
         n = 0
         while True:
             n += 1
             deadline = current_deadline()
             left = None if deadline is None else deadline.remaining()
+            if shared is not None:
+                left = await self._admit_shared(shared, deadline, left)
             permit = self._admit(criticality, left)
             in_bulkhead = False
             if bulkhead is not None:
@@ -426,27 +659,17 @@ class Pipeline:
                 return result
             await self._clock.sleep(d.delay)
 
-    def _admit(self, criticality: Criticality, left: float | None) -> int | None:
-        """The synchronous admissions (rate, throttle, breaker); returns the breaker permit."""
-        # Expired work is dropped before it takes a token, a throttle count or a probe.
+    async def _admit_shared(
+        self, shared: SharedRateLimit, deadline: Deadline | None, left: float | None
+    ) -> float | None:
+        """The shared rate limit (a Redis trip): first of all admissions, so nothing is held
+        yet when it refuses; returns the caller's time left after the trip."""
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"{self.name}: deadline spent before the attempt")
-        rate = self.rate
-        if rate is not None and not rate.try_acquire():
-            self._refuse(
-                "rate_limit", Rejected("rate_limit", "rate exceeded", retry_after=rate.wait_time())
-            )
-        throttle = self.throttle
-        if throttle is not None and not throttle.try_acquire(criticality):
-            self._refuse("throttle", Rejected("throttle", "callee refuses most calls"))
-        permit: int | None = None
-        breaker = self.breaker
-        if breaker is not None:
-            try:
-                permit = breaker.acquire()
-            except Rejected as rej:
-                self._refuse("breaker", rej)
-        return permit
+        rejection = await shared.acquire(left)
+        if rejection is not None:
+            self._refuse("rate_limit", rejection)
+        return None if deadline is None else deadline.remaining()
 
     async def _wait_bulkhead(
         self, criticality: Criticality, permit: int | None, left: float | None
@@ -479,84 +702,6 @@ class Pipeline:
             raise
         return True
 
-    def _left_after_wait(self, deadline: Deadline, permit: int | None, in_bulkhead: bool) -> float:
-        """The caller's time left after a bulkhead wait; gives everything back if none is."""
-        left = deadline.remaining()
-        if left <= 0:
-            self._abandon(permit, in_bulkhead, None)
-            raise DeadlineExceeded(f"{self.name}: deadline spent waiting for the bulkhead")
-        return left
-
-    def _acquire_limiter(
-        self, criticality: Criticality, left: float | None, permit: int | None, in_bulkhead: bool
-    ) -> Token | None:
-        assert self.limiter is not None
-        token = self.limiter.try_acquire(criticality, left)
-        if token is None:
-            self._limiter_refused(permit, in_bulkhead)
-        return token
-
-    def _limiter_refused(self, permit: int | None, in_bulkhead: bool) -> None:
-        """The limiter said no (its shadow mode admits and never gets here)."""
-        assert self.limiter is not None
-        if "limiter" not in self.shadow:
-            # Refused for real: hand back what the outer policies granted. (In shadow mode
-            # the call goes on holding them, and its outcome releases them.)
-            self._abandon(permit, in_bulkhead, None)
-        self._refuse("limiter", self.limiter.rejection())
-
-    def _abandon(self, permit: int | None, in_bulkhead: bool, token: Token | None) -> None:
-        """Give back what an attempt holds without saying anything about the callee."""
-        if in_bulkhead:
-            self.bulkhead.release()  # type: ignore[union-attr]
-        if permit is not None:
-            self.breaker.on_ignored(permit)  # type: ignore[union-attr]
-        if token is not None:
-            token.on_ignore()
-
-    def _report(
-        self,
-        error: BaseException | None,
-        status: int | None,
-        duration: float,
-        permit: int | None,
-        in_bulkhead: bool,
-        token: Token | None,
-    ) -> None:
-        """Report an attempt that did not simply succeed (an error, or a status >= 429)."""
-        if in_bulkhead:
-            self.bulkhead.release()  # type: ignore[union-attr]
-        cancelled = isinstance(error, asyncio.CancelledError)
-        # Whether the callee answered: a status (returned or raised) is an answer; a timeout,
-        # a transport error or a bug is not.
-        answered = error is None
-        if isinstance(error, RemoteStatusError):
-            answered, status = True, error.status
-        overload = _is_overload(status) or isinstance(error, Rejected)
-        breaker = self.breaker
-        if breaker is not None and permit is not None:
-            if cancelled:
-                breaker.on_ignored(permit)
-            elif not answered or _is_failure(status):
-                breaker.on_failure(duration, permit)
-            else:
-                breaker.on_success(duration, permit)
-        if token is not None:
-            if cancelled:
-                token.on_ignore()
-            elif overload or isinstance(error, TimeoutError | DeadlineExceeded):
-                token.on_dropped()
-            elif answered:
-                token.on_success()
-            else:
-                token.on_ignore()
-        throttle = self.throttle
-        if throttle is not None and not cancelled:
-            if overload:
-                throttle.on_rejected()
-            elif answered:
-                throttle.on_accepted()
-
     async def _attempt(
         self,
         attempt: Attempt[T],
@@ -568,6 +713,8 @@ class Pipeline:
         the result and its status."""
         deadline = current_deadline()
         left = None if deadline is None else deadline.remaining()
+        if self.shared_rate is not None:
+            left = await self._admit_shared(self.shared_rate, deadline, left)
         permit = self._admit(criticality, left)
         in_bulkhead = False
         if self.bulkhead is not None:
@@ -674,45 +821,19 @@ class Pipeline:
                 task.cancel()
                 task.add_done_callback(_retrieve)
 
-    # -- introspection -------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """The state of every policy, for metrics, the CLI and the control plane."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "version": self.version,
-            "calls": self.calls,
-            "attempts": self.attempts,
-            "failures": self.failures,
-            "rejections": dict(self.rejections),
-            "shadow": sorted(self.shadow),
-            "shadow_rejections": dict(self.shadow_rejections),
-        }
-        if self.breaker is not None:
-            m = self.breaker.metrics()
-            out["breaker"] = {
-                "state": m.state.value,
-                "failure_rate": m.failure_rate,
-                "slow_call_rate": m.slow_call_rate,
-                "not_permitted": m.not_permitted_calls,
-            }
-        if self.limiter is not None:
-            s = self.limiter.snapshot()
-            out["limiter"] = {"limit": s.limit, "inflight": s.inflight, "rejected": s.rejected}
-        if self.bulkhead is not None:
-            core = self.bulkhead.core
-            out["bulkhead"] = {"active": core.active, "waiting": core.waiting}
-        if self.retrier is not None:
-            out["retry"] = {
-                "retries": self.retrier.retries,
-                "gave_up": {k.value: v for k, v in self.retrier.stops.items() if v},
-            }
-        if self.throttle is not None:
-            out["throttle"] = {"reject_probability": self.throttle.reject_probability}
-        return out
+def _awaited_a_plain_value(exc: TypeError) -> bool:
+    """Whether ``exc`` was raised by the pipeline awaiting what an attempt returned (a sync
+    function given to :meth:`Pipeline.call`), not by anything the attempt itself ran."""
+    tb: TracebackType | None = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code in _AWAIT_SITES and "can't be used in 'await' expression" in str(exc)
 
-    def __repr__(self) -> str:
-        return f"<Pipeline {self.name} v{self.version}>"
+
+_AWAIT_SITES = frozenset({Pipeline._run.__code__, Pipeline._attempt.__code__})
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -111,6 +111,15 @@ purpose: configuration must never make the process import arbitrary code."""
 _RETRY_ON_BY_TYPE = {v: k for k, v in RETRY_ON_NAMES.items()}
 
 
+def _mask_password(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
 def _plain(value: Any) -> Any:
     """``to_builtins`` hook: exception types (``retry.retry_on``) by their name."""
     if isinstance(value, type):
@@ -320,6 +329,16 @@ class ResilienceSettings:
                     f"{where}.{sorted(extra)[0]}",
                     config,
                 )
+            rate = layer.get("rate_limit")
+            if isinstance(rate, RateLimitConfig) and rate.shared is not None:
+                # The door admits synchronously, before the handler runs; a Redis trip there
+                # is not supported. Share the limit on the callers' edges instead.
+                raise _error(
+                    "a rate limit shared through Redis applies on edges (caller->callee), not "
+                    "at a service's door; set it on the callers' edge, or leave shared out",
+                    f"{where}.rate_limit.shared",
+                    config,
+                )
             inbound[service] = layer
         settings = cls(defaults, edges, routes, inbound, config=config)
         settings._check()
@@ -379,11 +398,19 @@ class ResilienceSettings:
 
     @staticmethod
     def layer_to_builtins(layer: Mapping[str, Any]) -> dict[str, Any]:
-        """One validated layer (or an operator override) as plain data, ready for JSON."""
-        return {
+        """One validated layer (or an operator override) as plain data, ready for JSON.
+
+        A password in a shared rate limit's Redis URL is masked: this data is shown to
+        operators and the control plane.
+        """
+        out = {
             k: (v if v is False else msgspec.to_builtins(v, enc_hook=_plain))
             for k, v in layer.items()
         }
+        rate = out.get("rate_limit")
+        if isinstance(rate, dict) and isinstance(rate.get("shared"), str):
+            rate["shared"] = _mask_password(rate["shared"])
+        return out
 
     def to_builtins(self) -> dict[str, Any]:
         """The settings as plain data (for the control plane and ``garrison config check``)."""

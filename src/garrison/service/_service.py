@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 
 from garrison.core import GarrisonConfig, get_logger, json_encode, load_config
 from garrison.identity import Requires
-from garrison.resilience import PolicyRegistry, ResilienceSettings
+from garrison.resilience import PolicyRegistry, ResilienceSettings, close_shared_redis_clients
 
 from ._admin import admin_routes
 from ._client import Interceptor, ServiceClient
@@ -274,6 +274,7 @@ class Service:
                     _log.exception("shutdown hook %s of %s failed", hook, self.name)
             for client in self._clients.values():
                 await client.aclose()
+            await close_shared_redis_clients()  # shared rate limits' Redis connections
 
     async def _healthz(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
