@@ -17,6 +17,8 @@ from .core import (
     UsageError,
     load_config,
 )
+from .durable import WorkflowContext
+from .identity import Passport, Requires
 from .service import Body, ClientResponse, Header, Service, ServiceClient
 
 __version__ = "0.1.0"
@@ -30,13 +32,16 @@ __all__ = [
     "Header",
     "InvalidInput",
     "NotFound",
+    "Passport",
     "RemoteError",
     "RemoteStatusError",
+    "Requires",
     "Service",
     "ServiceClient",
     "ServiceUnavailable",
     "TransportError",
     "UsageError",
+    "WorkflowContext",
     "__version__",
     "load_config",
 ]
