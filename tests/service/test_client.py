@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -549,3 +550,33 @@ async def test_a_refused_connection_is_a_transport_error(
 ) -> None:
     with pytest.raises(TransportError):
         await transport.send("GET", refusing_url + "/x", {}, None, 5.0)
+
+
+async def test_the_aiohttp_budget_is_never_early_and_leaves_no_cancellation(server: str) -> None:
+    # aiohttp's budget runs on the shared timeout wheel, not on a timer per request.
+    transport = AiohttpTransport()
+    try:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="no answer within"):
+            await transport.send("GET", server + "/hang", {}, None, 0.05)
+        assert 0.05 <= time.monotonic() - start < 5
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+        await asyncio.sleep(0.02)  # no stray cancellation is pending either
+        status, _, _ = await transport.send("POST", server + "/echo/x", JSON, b"{", 5.0)
+        assert status == 422  # and the transport still works
+    finally:
+        await transport.aclose()
+
+
+async def test_an_outer_cancellation_of_an_aiohttp_call_stays_a_cancellation(server: str) -> None:
+    transport = AiohttpTransport()
+    try:
+        call = asyncio.create_task(transport.send("GET", server + "/hang", {}, None, 5.0))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        await transport.aclose()

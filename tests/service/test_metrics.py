@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from garrison.service import ServiceMetrics
-from garrison.service._metrics import MAX_ROUTES_PER_EDGE, outcome_of
+from garrison.service._metrics import LATENCY_BUCKETS, MAX_ROUTES_PER_EDGE, outcome_of
 
 
 @pytest.mark.parametrize(
@@ -98,3 +98,84 @@ def test_inbound_children_count_by_route_and_outcome() -> None:
         reg.get_sample_value("garrison_http_requests_total", {**labels, "outcome": "server_error"})
         == 1
     )
+
+
+def test_edges_are_one_per_callee() -> None:
+    metrics = ServiceMetrics("front")
+    assert metrics.edge("back") is metrics.edge("back")
+    assert metrics.edge("back") is not metrics.edge("other")
+
+
+def test_a_snapshot_has_every_number_of_the_edges_and_routes() -> None:
+    metrics = ServiceMetrics("front")
+    edge = metrics.edge("back")
+    latency, outcomes = edge.route("/a")
+    for seconds in (0.0001, 0.0005, 0.003, 100.0):  # 0.0005 is in the 0.0005 bucket (le)
+        latency.observe(seconds)
+    outcomes["ok"].inc()
+    outcomes["ok"].inc()
+    outcomes["server_error"].inc()
+    outcomes["error"].inc()
+    edge.inflight.inc()
+    inbound_latency, inbound_outcomes = metrics.inbound("GET", "/in")
+    inbound_latency.observe(0.02)
+    inbound_outcomes["client_error"].inc()
+    metrics.inflight_in.inc()
+
+    snap = metrics.snapshot()
+    assert snap.service == "front"
+    assert snap.inflight == 1
+    e = snap.edges["back"]
+    assert (e.caller, e.callee, e.inflight) == ("front", "back", 1)
+    r = e.routes["/a"]
+    assert r.outcomes == {"ok": 2, "client_error": 0, "server_error": 1, "error": 1}
+    assert r.count == 4
+    assert r.sum == pytest.approx(100.0036)
+    assert len(r.buckets) == len(LATENCY_BUCKETS) + 1
+    assert r.buckets[0] == 2  # <= 0.5 ms
+    assert r.buckets[LATENCY_BUCKETS.index(0.005)] == 1
+    assert r.buckets[-1] == 1  # above the largest bound
+    i = snap.routes[("GET", "/in")]
+    assert (i.count, i.outcomes["client_error"]) == (1, 1)
+
+
+def test_a_snapshot_is_a_copy() -> None:
+    metrics = ServiceMetrics("front")
+    latency, outcomes = metrics.edge("back").route("/a")
+    before = metrics.snapshot()
+    latency.observe(0.01)
+    outcomes["ok"].inc()
+    assert before.edges["back"].routes["/a"].count == 0
+    assert metrics.snapshot().edges["back"].routes["/a"].count == 1
+
+
+def test_the_exposition_keeps_the_prometheus_names_types_and_labels() -> None:
+    metrics = ServiceMetrics("svc")
+    latency, outcomes = metrics.inbound("GET", "/a")
+    latency.observe(0.7)
+    outcomes["ok"].inc()
+    edge_latency, edge_outcomes = metrics.edge("back").route("/b")
+    edge_latency.observe(0.002)
+    edge_outcomes["error"].inc()
+    families = {f.name: f for f in metrics.registry.collect()}
+    assert {name: f.type for name, f in families.items()} == {
+        "garrison_http_requests": "counter",
+        "garrison_http_request_seconds": "histogram",
+        "garrison_http_inflight": "gauge",
+        "garrison_edge_requests": "counter",
+        "garrison_edge_request_seconds": "histogram",
+        "garrison_edge_inflight": "gauge",
+    }
+    reg = metrics.registry
+    http = {"service": "svc", "method": "GET", "route": "/a"}
+    assert reg.get_sample_value("garrison_http_request_seconds_bucket", {**http, "le": "0.5"}) == 0
+    assert reg.get_sample_value("garrison_http_request_seconds_bucket", {**http, "le": "1.0"}) == 1
+    assert reg.get_sample_value("garrison_http_request_seconds_bucket", {**http, "le": "+Inf"}) == 1
+    assert reg.get_sample_value("garrison_http_request_seconds_sum", http) == pytest.approx(0.7)
+    assert reg.get_sample_value("garrison_http_inflight", {"service": "svc"}) == 0
+    edge = {"caller": "svc", "callee": "back", "route": "/b"}
+    assert reg.get_sample_value("garrison_edge_requests_total", {**edge, "outcome": "error"}) == 1
+    assert reg.get_sample_value("garrison_edge_request_seconds_count", edge) == 1
+    assert reg.get_sample_value("garrison_edge_requests_created", {**edge, "outcome": "ok"})
+    assert reg.get_sample_value("garrison_edge_request_seconds_created", edge)
+    assert reg.get_sample_value("garrison_edge_inflight", {"caller": "svc", "callee": "back"}) == 0

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from garrison.service import TraceContext, current_trace, parse_traceparent
-from garrison.service._tracing import reset_current_trace, set_current_trace
+from garrison.service._tracing import (
+    child_traceparent,
+    continue_trace,
+    reset_current_trace,
+    set_current_trace,
+)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -120,3 +128,62 @@ def test_parsing_never_raises_and_only_accepts_valid_ids(value: str) -> None:
         assert len(ctx.trace_id) == 32
         assert ctx.trace_id != "0" * 32
         assert len(ctx.span_id) == 16
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "tracestate"),
+    [(VALID, "k=v"), (f"  {VALID} ", None), ("garbage", "k=v"), (None, None), ("", "k=v")],
+)
+def test_continue_trace_is_parse_then_child(
+    traceparent: str | None, tracestate: str | None
+) -> None:
+    span = continue_trace(traceparent, tracestate)
+    parent = parse_traceparent(traceparent, tracestate)
+    if parent is None:  # a new trace's root
+        assert span.parent_id is None
+        assert (span.flags, span.tracestate) == (1, "")
+    else:
+        expected = parent.child()
+        assert (span.trace_id, span.parent_id, span.flags, span.tracestate) == (
+            expected.trace_id,
+            expected.parent_id,
+            expected.flags,
+            expected.tracestate,
+        )
+    assert parse_traceparent(span.traceparent) is not None
+
+
+def test_child_traceparent_is_a_child_span_header() -> None:
+    parent = TraceContext(TRACE, SPAN, 0, None, "k=v")
+    header = child_traceparent(parent)
+    child = parse_traceparent(header)
+    assert child is not None
+    assert (child.trace_id, child.flags) == (TRACE, 0)
+    assert child.span_id != SPAN
+    root = parse_traceparent(child_traceparent(None))
+    assert root is not None
+    assert root.flags == 1
+
+
+def test_child_span_ids_are_unique() -> None:
+    parent = TraceContext(TRACE, SPAN)
+    ids = {child_traceparent(parent) for _ in range(10_000)}
+    ids |= {parent.child().traceparent for _ in range(10_000)}
+    assert len(ids) == 20_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, on 3.12+
+        pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without running any cleanup
+        os.write(write, TraceContext.new().span_id.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child_id) == 16
+    assert child_id != TraceContext.new().span_id

@@ -37,7 +37,7 @@ from ._resilience import (
     reset_signals,
     set_signals,
 )
-from ._tracing import TraceContext, parse_traceparent, reset_current_trace, set_current_trace
+from ._tracing import continue_trace, reset_current_trace, set_current_trace
 
 __all__ = ["ROUTE_SCOPE_KEY", "InboundMiddleware"]
 
@@ -48,6 +48,14 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
 _NO_RETRY_KEY = NO_RETRY_HEADER.encode()
 MAX_BUDGET_MS = 24 * 3600 * 1000
+# The request headers the middleware reads, by what they are: one dict lookup per header.
+_DEADLINE, _TRACEPARENT, _TRACESTATE, _SIGNAL = range(4)
+_WANTED = {
+    _DEADLINE_KEY: _DEADLINE,
+    b"traceparent": _TRACEPARENT,
+    b"tracestate": _TRACESTATE,
+    **dict.fromkeys(_SIGNAL_KEYS, _SIGNAL),
+}
 # The method is a metrics label and clients choose it: anything else is counted as "other".
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -75,24 +83,27 @@ class InboundMiddleware:
         bad_budget: bytes | None = None
         traceparent = tracestate = None
         signal_headers: dict[str, str] | None = None
+        wanted = _WANTED
         for key, value in scope["headers"]:
-            if key == _DEADLINE_KEY:
+            kind = wanted.get(key)
+            if kind is None:
+                continue
+            if kind == _DEADLINE:
                 try:
                     budget_ms = int(value)
                 except ValueError:
                     budget_ms = -1
                 if not 0 <= budget_ms <= MAX_BUDGET_MS:
                     bad_budget = value
-            elif key == b"traceparent":
+            elif kind == _TRACEPARENT:
                 traceparent = value.decode("latin-1")
-            elif key == b"tracestate":
+            elif kind == _TRACESTATE:
                 tracestate = value.decode("latin-1")
-            elif key in _SIGNAL_KEYS:
+            else:
                 if signal_headers is None:
                     signal_headers = {}
                 signal_headers[key.decode()] = value.decode("latin-1").strip().lower()
-        parent = parse_traceparent(traceparent, tracestate)
-        span = parent.child() if parent is not None else TraceContext.new()
+        span = continue_trace(traceparent, tracestate)
         status = 0
 
         async def send_wrapper(message: Message) -> None:
@@ -108,7 +119,7 @@ class InboundMiddleware:
             await send(message)
 
         metrics = self.metrics
-        metrics.inflight_in.inc()
+        metrics.inflight_in.value += 1
         start = time.perf_counter()
         trace_token = set_current_trace(span)
         signals = inbound_signals(signal_headers) if signal_headers else None
@@ -149,8 +160,10 @@ class InboundMiddleware:
                 entry = wheel.enter(seconds)
                 try:
                     await self.app(scope, receive, send_wrapper)
-                except asyncio.CancelledError:
-                    if not wheel.leave(entry, True):
+                except BaseException as exc:
+                    # Leave the wheel on any exit: an entry not left would cancel this task at
+                    # the deadline if it still runs then (a server or test client going on).
+                    if not wheel.leave(entry, isinstance(exc, asyncio.CancelledError)):
                         raise  # not our deadline: not ours to answer
                     expired = True
                 else:
@@ -170,12 +183,12 @@ class InboundMiddleware:
             if signals_token is not None:
                 reset_signals(signals_token)
             reset_current_trace(trace_token)
-            metrics.inflight_in.dec()
+            metrics.inflight_in.value -= 1
             route = scope.get(ROUTE_SCOPE_KEY, "<unmatched>")
             method = scope["method"] if scope["method"] in _METHODS else "other"
             latency, outcomes = metrics.inbound(method, route)
             latency.observe(time.perf_counter() - start)
-            outcomes[outcome_of(status or None)].inc()
+            outcomes[outcome_of(status or None)].value += 1
 
 
 async def _send_shed(send: Send, rejection: Rejected) -> None:
