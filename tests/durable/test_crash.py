@@ -35,6 +35,18 @@ def spawn(db: Path, effects: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def executions_so_far(effects: Path) -> int:
+    """How many activity executions the worker has recorded (0 before its table exists)."""
+    try:
+        conn = sqlite3.connect(effects, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM effects").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_at_random_points_loses_nothing_and_repeats_no_committed_step(
@@ -44,9 +56,17 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_no_committed_step(
     rng = random.Random(int(os.environ.get("GARRISON_CRASH_SEED", "0")) or None)
     kills = 0
     log = tmp_path / "worker.log"
+    target = 0
     for _ in range(ROUNDS):
         proc = spawn(db, effects, log)
-        time.sleep(rng.uniform(0.3, 1.8))  # imports + recovery take ~0.3 s: kill anywhere after
+        # Kill points are chosen by progress (activity executions recorded so far), not by
+        # wall time, so the test crashes the worker mid-run on a fast machine and a slow one.
+        target += rng.randint(20, 100)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and executions_so_far(effects) < target:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(rng.uniform(0.0, 0.02))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
