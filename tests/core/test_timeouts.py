@@ -455,3 +455,18 @@ async def test_default_wheel_is_one_per_running_loop() -> None:
     await asyncio.to_thread(in_another_loop)
     assert len(other) == 1
     assert other[0] is not wheel
+
+
+async def test_a_left_timeout_does_not_keep_its_task_alive() -> None:
+    # Leaving only flags the entry until its bucket comes due; the entry must not hold the
+    # finished task (a server would otherwise keep every request's task for its whole budget).
+    wheel = TimeoutWheel()
+
+    async def work() -> None:
+        async with wheel.timeout(60):
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(work() for _ in range(5)))
+    pending = [e for bucket in wheel._buckets.values() for e in bucket]
+    assert len(pending) == 5  # still waiting for their bucket ...
+    assert all(e.task is None for e in pending)  # ... without their tasks

@@ -36,7 +36,7 @@ class _Entry:
     __slots__ = ("done", "fired", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
+        self.task: asyncio.Task[object] | None = task
         self.done = False
         self.fired = False
 
@@ -99,8 +99,9 @@ class TimeoutWheel:
         True the caller raises ``TimeoutError`` in place of the cancellation.
         """
         entry.done = True
-        if entry.fired:
-            return cancelled and entry.task.uncancel() == 0
+        task, entry.task = entry.task, None  # a left entry must not keep its task alive
+        if entry.fired and task is not None:
+            return cancelled and task.uncancel() == 0
         return False
 
     def _tick(self) -> None:
@@ -110,10 +111,11 @@ class TimeoutWheel:
         buckets = self._buckets
         for bucket in [b for b in buckets if b <= due]:
             for entry in buckets.pop(bucket):
-                if not entry.done and not entry.task.done():
+                task = entry.task
+                if task is not None and not entry.done and not task.done():
                     entry.fired = True
                     self.fired += 1
-                    entry.task.cancel()
+                    task.cancel()
         if buckets:
             first = min(buckets)
             self._armed_for = first
