@@ -164,6 +164,12 @@ class GarrisonConfig(_Base, frozen=True):
     :mod:`garrison.gateway`."""
     resilience: dict[str, Any] = {}
     """``[resilience]``: policies per edge; validated by :mod:`garrison.resilience`."""
+    durable: dict[str, Any] = {}
+    """``[durable]``: the workflow/actor store and worker settings; validated by
+    :mod:`garrison.durable`."""
+    streams: dict[str, Any] = {}
+    """``[streams]``: the event log backend and its topics; validated by
+    :mod:`garrison.streams`."""
     root: str = "."
     """The application root (the folder holding ``garrison.toml``); set by the loader."""
     source: str = "<config>"
