@@ -63,6 +63,7 @@ EXPORTS: dict[str, list[str]] = {
     "garrison.durable": [
         "ActivityError",
         "ActivityInfo",
+        "ActivityOptions",
         "Batch",
         "ChildWorkflowError",
         "Cron",
@@ -94,6 +95,7 @@ EXPORTS: dict[str, list[str]] = {
         "WorkflowInfo",
         "WorkflowNotFound",
         "WorkflowTerminated",
+        "activity",
         "activity_info",
         "open_store",
         "replay_check",

@@ -23,6 +23,7 @@ from garrison.durable import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowTerminated,
+    activity,
     activity_info,
 )
 from garrison.durable._stores.base import Transition
@@ -571,3 +572,53 @@ async def test_an_engine_must_be_open(store: Store) -> None:
     e = Engine(store, workflows=[ordering])
     with pytest.raises(UsageError, match="not open"):
         await e.start(ordering, "x")
+
+
+# --- @activity: options attached to the function -------------------------------------------
+
+_decorated_calls: list[str] = []
+
+
+@activity(retry={"max_attempts": 4, "initial_backoff": 0.001, "max_backoff": 0.001}, name="flaky")
+async def _flaky_decorated(n: int) -> int:
+    _decorated_calls.append(activity_info().name)
+    if len(_decorated_calls) < 3:
+        raise RuntimeError("transient")
+    return n * 2
+
+
+async def _uses_decorated(ctx: WorkflowContext, n: int) -> int:
+    return await ctx.activity(_flaky_decorated, n)
+
+
+async def _overrides_decorated(ctx: WorkflowContext, n: int) -> int:
+    return await ctx.activity(_flaky_decorated, n, retry=None)
+
+
+async def test_activity_decorator_options_apply(store: Store) -> None:
+    _decorated_calls.clear()
+    async with Engine(store, workflows=[_uses_decorated]) as engine:
+        handle = await engine.start(_uses_decorated, 21, id="deco-1")
+        assert await handle.result() == 42
+    assert _decorated_calls == ["flaky", "flaky", "flaky"]  # its own name, its own retry
+
+
+async def test_activity_call_options_override_the_decorator(store: Store) -> None:
+    _decorated_calls.clear()
+    async with Engine(store, workflows=[_overrides_decorated]) as engine:
+        handle = await engine.start(_overrides_decorated, 21, id="deco-2")
+        with pytest.raises(WorkflowFailed):
+            await handle.result()
+    assert _decorated_calls == ["flaky"]  # retry=None at the call: one attempt
+
+
+def test_activity_decorator_rejects_bad_options() -> None:
+    with pytest.raises(UsageError, match="max_attemps"):
+        activity(retry={"max_attemps": 3})
+    with pytest.raises(UsageError, match="RetryPolicy"):
+        activity(retry=3)  # type: ignore[call-overload]
+    with pytest.raises(UsageError, match="timeout"):
+        activity(timeout=0)
+    with pytest.raises(UsageError, match="name"):
+        activity(name="")
+    assert _flaky_decorated.__name__ == "_flaky_decorated"  # returned unchanged

@@ -9,7 +9,7 @@ every recorded step returns its recorded result, so it resumes exactly where it 
 See ``docs/durable.md`` for the model and its guarantees.
 """
 
-from ._activity import ActivityInfo, activity_info
+from ._activity import ActivityInfo, ActivityOptions, activity, activity_info
 from ._config import DEFAULT_ACTIVITY_RETRY, EngineConfig, Limits
 from ._context import WorkflowContext
 from ._cron import Cron
@@ -42,6 +42,7 @@ from ._stores.memory import MemoryStore
 __all__ = [
     "ActivityError",
     "ActivityInfo",
+    "ActivityOptions",
     "Batch",
     "ChildWorkflowError",
     "Cron",
@@ -73,6 +74,7 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFound",
     "WorkflowTerminated",
+    "activity",
     "activity_info",
     "open_store",
     "replay_check",

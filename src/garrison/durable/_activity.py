@@ -12,19 +12,131 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import msgspec
 
 from garrison.core import Clock, UsageError
 from garrison.resilience import Retrier, RetryPolicy
 
 from ._codec import encode
+from ._config import DEFAULT_ACTIVITY_RETRY
 from ._errors import failure_of
 from ._journal import ActivityCompleted, ActivityFailed
 
-__all__ = ["ActivityInfo", "activity_info", "run_activity"]
+__all__ = ["ActivityInfo", "ActivityOptions", "activity", "activity_info", "run_activity"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS_ATTR = "__garrison_activity__"
+
+
+class _Unset:
+    """The default of an option that was not given (``None`` is a meaningful retry value)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityOptions:
+    """The defaults an ``@activity`` decorator attached to a function; a workflow's
+    ``ctx.activity(fn, ..., retry=, timeout=, name=)`` still overrides each of them."""
+
+    retry: RetryPolicy | _Unset | None = UNSET
+    """The retry policy (``None``: one attempt); unset: ``DEFAULT_ACTIVITY_RETRY``."""
+    timeout: float | None = None
+    """Seconds each attempt may take; ``None``: no limit."""
+    name: str | None = None
+    """The name the activity is journaled under; ``None``: the function's qualified name."""
+
+
+def _retry_policy(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy | None:
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, Mapping):
+        # Fields not given keep the activity defaults (retry any Exception), not the defaults
+        # of a call between services (transport errors only).
+        fields = msgspec.structs.asdict(DEFAULT_ACTIVITY_RETRY)
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise UsageError(
+                f"activity retry: unknown field(s) {unknown}; expected some of {sorted(fields)}"
+            )
+        try:
+            return RetryPolicy(**{**fields, **value})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"activity retry: {exc}") from None
+    raise UsageError(
+        f"activity retry: expected a RetryPolicy, a mapping of its fields or None, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _timeout(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise UsageError(f"activity timeout: expected seconds or a timedelta, got {value!r}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:
+        raise UsageError(f"activity timeout: expected > 0 seconds, got {value!r}")
+    return seconds
+
+
+@overload
+def activity(fn: F, /) -> F: ...
+@overload
+def activity(
+    *,
+    retry: RetryPolicy | Mapping[str, Any] | None = ...,
+    timeout: float | timedelta | None = ...,
+    name: str | None = ...,
+) -> Callable[[F], F]: ...
+def activity(
+    fn: Any = None,
+    /,
+    *,
+    retry: Any = UNSET,
+    timeout: float | timedelta | None = None,
+    name: str | None = None,
+) -> Any:
+    """Mark a function as an activity and give it default options::
+
+        @activity(retry={"max_attempts": 5, "initial_backoff": 1.0}, timeout=30)
+        async def command(device: str, kw: float) -> Ack: ...
+
+    ``retry`` is a :class:`~garrison.resilience.RetryPolicy`, a mapping of some of its fields
+    (the others as in ``DEFAULT_ACTIVITY_RETRY``), or ``None`` (one attempt). The function is
+    returned unchanged (callable as before); a workflow's ``ctx.activity(command, ...)`` uses
+    these options unless the call gives its own.
+    """
+    options = ActivityOptions(
+        UNSET if retry is UNSET else _retry_policy(retry), _timeout(timeout), name
+    )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise UsageError(f"activity name: expected a non-empty string, got {name!r}")
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise UsageError(f"@activity expects a function, got {type(f).__name__}")
+        setattr(f, _OPTIONS_ATTR, options)
+        return f
+
+    return mark if fn is None else mark(fn)
+
+
+def activity_options(fn: Callable[..., Any]) -> ActivityOptions | None:
+    """The options ``@activity`` attached to ``fn``, or ``None``."""
+    options = getattr(fn, _OPTIONS_ATTR, None)
+    return options if isinstance(options, ActivityOptions) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from garrison.resilience import RetryPolicy
 
+from ._activity import UNSET, _Unset, activity_options
 from ._codec import Decode, decoder_for, encode_args, return_decoder
 from ._config import DEFAULT_ACTIVITY_RETRY
 from ._futures import DFuture, Step
@@ -116,12 +117,14 @@ class WorkflowContext:
         self,
         fn: Callable[..., Any],
         *args: Any,
-        retry: RetryPolicy | None = DEFAULT_ACTIVITY_RETRY,
-        timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = UNSET,
+        timeout: float | timedelta | None = UNSET,
         name: str | None = None,
     ) -> Step[Any]:
         """Run ``fn(*args)`` as an activity: ordinary code (async, or sync in a thread), at least
         once, retried by ``retry`` (``None``: one attempt), each attempt limited to ``timeout``.
+        Options not given here come from ``fn``'s :func:`activity` decorator, else the defaults
+        (``DEFAULT_ACTIVITY_RETRY``, no timeout, the function's qualified name).
 
         The result is journaled (its size counts against ``Limits.max_payload_bytes``) and
         returned decoded with ``fn``'s return annotation. A final failure raises
@@ -130,10 +133,18 @@ class WorkflowContext:
         """
         from ._machine import ActivityCommand
 
-        limit = None if timeout is None else _seconds(timeout, "activity timeout")
+        options = activity_options(fn)
+        if retry is UNSET:
+            retry = DEFAULT_ACTIVITY_RETRY
+            if options is not None and not isinstance(options.retry, _Unset):
+                retry = options.retry
+        if timeout is UNSET:
+            limit = None if options is None else options.timeout
+        else:
+            limit = None if timeout is None else _seconds(timeout, "activity timeout")
         if limit == 0:
             raise ValueError("activity timeout must be > 0 seconds")
-        label = name or activity_name(fn)
+        label = name or (options.name if options is not None else None) or activity_name(fn)
         return self._m.issue(
             "activity",
             label,
