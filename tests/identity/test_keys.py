@@ -233,7 +233,7 @@ def test_from_config_accepts_standard_base64_too() -> None:
 @pytest.mark.parametrize(
     ("spec", "env", "match"),
     [
-        ("env:MISSING", {}, "MISSING is not set"),
+        ("env:MISSING", {}, "'MISSING' is not set"),
         ("env:", {}, "empty variable"),
         ("env:SHORT", {"SHORT": b64(b"x" * 16)}, "at least 32 bytes"),
         ("env:BAD", {"BAD": "not base64 !!"}, "base64"),

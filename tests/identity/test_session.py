@@ -25,7 +25,6 @@ from garrison.identity._session import (
     SessionCookieConfig,
     SessionCookieResolver,
     decode_key,
-    read_secret,
 )
 from garrison.identity._sessionstore import (
     MemorySessionStore,
@@ -562,22 +561,6 @@ async def test_real_store_login_renew_revoke(
 
 
 # -- configuration ------------------------------------------------------------------------------
-
-
-def test_read_secret(tmp_path: Path) -> None:
-    assert read_secret("env:X", key="k", env={"X": " abc\n"}) == b"abc"
-    f = tmp_path / "s"
-    f.write_text("xyz\n")
-    assert read_secret(f"file:{f}", key="k") == b"xyz"
-    for ref, env, msg in [
-        ("env:MISSING", {}, "not set"),
-        ("env:E", {"E": "  "}, "empty"),
-        (f"file:{tmp_path / 'nope'}", {}, "cannot read"),
-        ("hunter2", {}, "secret reference"),
-    ]:
-        with pytest.raises(ConfigError, match=msg) as info:
-            read_secret(ref, key="identity.x", env=env)
-        assert info.value.key == "identity.x"
 
 
 def test_decode_key() -> None:

@@ -53,7 +53,8 @@ from ._model import (
     Resolution,
     UserIdentity,
 )
-from ._session import data_dir_of, read_secret
+from ._secrets import read_secret
+from ._session import data_dir_of
 from ._sessionstore import SqliteDatabase
 
 __all__ = [
@@ -360,7 +361,7 @@ class ApiKeyResolver:
         """Validate ``config``, read the pepper and open the store (under the data dir)."""
         if not isinstance(config, ApiKeyConfig):
             config = convert_section(config, ApiKeyConfig, key=key, config=app)
-        pepper = read_secret(config.pepper, key=f"{key}.pepper", env=env)
+        pepper = read_secret(config.pepper, key=f"{key}.pepper", env=env, app=app)
         if len(pepper) < _MIN_PEPPER:
             raise ConfigError(
                 f"expected a pepper of at least {_MIN_PEPPER} bytes, got {len(pepper)}",

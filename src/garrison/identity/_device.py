@@ -71,7 +71,7 @@ from ._model import (
     Resolution,
     TrustLevel,
 )
-from ._session import read_secret
+from ._secrets import read_secret
 
 __all__ = [
     "ClientCertConfig",
@@ -196,7 +196,7 @@ class DeviceTokenResolver:
         for kid, ref in config.keys.items():
             if kid in config.retired_keys:
                 continue
-            secret = read_secret(ref, key=f"{key}.keys.{kid}", env=env)
+            secret = read_secret(ref, key=f"{key}.keys.{kid}", env=env, app=app)
             if len(secret) < _MIN_KEY:
                 raise ConfigError(
                     f"expected a key of at least {_MIN_KEY} bytes, got {len(secret)}",
@@ -426,7 +426,7 @@ class ClientCertResolver:
                 ) from None
         secret = None
         if config.proxy_secret is not None:
-            secret = read_secret(config.proxy_secret, key=f"{key}.proxy_secret", env=env)
+            secret = read_secret(config.proxy_secret, key=f"{key}.proxy_secret", env=env, app=app)
         return cls(config, ca_certs=cas, proxy_secret=secret, clock=clock)
 
     def revoke_device(self, device_id: str) -> None:

@@ -59,7 +59,7 @@ from ._model import (
     Resolution,
     UserIdentity,
 )
-from ._session import read_secret
+from ._secrets import read_secret
 
 __all__ = ["IntrospectionConfig", "IntrospectionResolver"]
 
@@ -217,7 +217,7 @@ class IntrospectionResolver:
         """Validate ``config`` and read the client secret."""
         if not isinstance(config, IntrospectionConfig):
             config = convert_section(config, IntrospectionConfig, key=key, config=app)
-        secret = read_secret(config.client_secret, key=f"{key}.client_secret", env=env)
+        secret = read_secret(config.client_secret, key=f"{key}.client_secret", env=env, app=app)
         try:
             text = secret.decode()
         except UnicodeDecodeError:

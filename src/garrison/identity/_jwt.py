@@ -70,7 +70,7 @@ from ._model import (
     TrustLevel,
     UserIdentity,
 )
-from ._session import read_secret
+from ._secrets import read_secret
 
 __all__ = [
     "ClaimMapping",
@@ -251,7 +251,7 @@ class JwtIssuer:
         errors. An ``env:`` secret is read from ``env`` (default: the process environment)."""
         if config.hmac_secret is not None:
             where = f"{key}.hmac_secret" if key else "hmac_secret"
-            secret = read_secret(config.hmac_secret, key=where, env=env)
+            secret = read_secret(config.hmac_secret, key=where, env=env, root=root, source=source)
             need = max(_HMAC_MIN[a] for a in config.algorithms)
             if len(secret) < need:
                 raise ConfigError(

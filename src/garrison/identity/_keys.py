@@ -21,7 +21,6 @@ import contextlib
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from hmac import compare_digest
@@ -35,6 +34,8 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from garrison.core import ConfigError, get_logger
+
+from ._secrets import read_secret, secret_reference
 
 __all__ = ["Alg", "KeysConfig", "Keyring", "PassportKey"]
 
@@ -326,7 +327,7 @@ class Keyring:
             for kid, spec in getattr(cfg, table).items():
                 where = f"{key}.{table}.{kid}"
                 try:
-                    material = _load_material(spec, env, base)
+                    material = _load_material(spec, env, base, key=where, source=source)
                     out.append(_make_key(kid, cfg.alg, material, private=private))
                 except (ValueError, TypeError, OSError) as exc:
                     raise ConfigError(str(exc), source=source, key=where) from None
@@ -421,22 +422,11 @@ def _b64decode(text: str) -> bytes:
         raise ValueError("not valid base64url") from None
 
 
-def _load_material(spec: str, env: Mapping[str, str], root: Path) -> bytes:
-    if spec.startswith("env:"):
-        var = spec[4:]
-        if not var:
-            raise ValueError("empty variable name after 'env:'")
-        if var not in env:
-            raise ValueError(f"environment variable {var} is not set")
-        return env[var].strip().encode("ascii", "replace")
-    if spec.startswith("file:"):
-        path = root / spec[5:]
-        if not spec[5:]:
-            raise ValueError("empty path after 'file:'")
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            _log.warning("passport key file %s is readable by others; chmod 600 it", path)
-        return path.read_bytes().strip()
+def _load_material(
+    spec: str, env: Mapping[str, str], root: Path, *, key: str, source: str
+) -> bytes:
+    if secret_reference(spec):
+        return read_secret(spec, key=key, env=env, root=root, source=source)
     _log.warning(
         "a passport key is written into the configuration: fine for development, "
         "use env: or file: in production"

@@ -70,6 +70,7 @@ from ._model import (
     Resolution,
     UserIdentity,
 )
+from ._secrets import read_secret
 from ._sessionstore import (
     Session,
     SessionStore,
@@ -85,7 +86,6 @@ __all__ = [
     "SessionCookieResolver",
     "data_dir_of",
     "decode_key",
-    "read_secret",
 ]
 
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,16}\Z")
@@ -99,40 +99,6 @@ _SEALED = _NONCE + _PLAIN + 16
 _MAX_COOKIE = 256
 _MAX_DEVICE_ID = 128
 _AAD_PREFIX = b"garrison-session\0"
-
-
-# -- secrets ------------------------------------------------------------------------------------
-
-
-def read_secret(ref: str, *, key: str, env: Mapping[str, str] | None = None) -> bytes:
-    """The secret ``ref`` points at: ``env:VAR`` (an environment variable) or ``file:/path``.
-
-    Secrets are never written in ``garrison.toml`` itself, so a literal is refused. Surrounding
-    whitespace (a trailing newline in a file) is stripped. Errors are :class:`ConfigError`
-    naming ``key``.
-    """
-    env = os.environ if env is None else env
-    if ref.startswith("env:"):
-        name = ref[4:]
-        value = env.get(name)
-        if not name or value is None:
-            raise ConfigError(f"environment variable {name!r} is not set", key=key)
-        data = value.strip().encode()
-    elif ref.startswith("file:"):
-        path = Path(ref[5:])
-        try:
-            data = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read secret file {str(path)!r}: {exc}", key=key) from None
-    else:
-        raise ConfigError(
-            "expected a secret reference 'env:VAR' or 'file:/path' "
-            "(secrets are never written in the configuration)",
-            key=key,
-        )
-    if not data:
-        raise ConfigError(f"the secret {ref!r} is empty", key=key)
-    return data
 
 
 def decode_key(raw: bytes, *, key: str, size: int = 32) -> bytes:
@@ -312,7 +278,7 @@ class SessionCookieResolver:
             config = convert_section(config, SessionCookieConfig, key=key, config=app)
         keys = {
             kid: decode_key(
-                read_secret(ref, key=f"{key}.keys.{kid}", env=env), key=f"{key}.keys.{kid}"
+                read_secret(ref, key=f"{key}.keys.{kid}", env=env, app=app), key=f"{key}.keys.{kid}"
             )
             for kid, ref in config.keys.items()
             if kid not in config.retired_keys
