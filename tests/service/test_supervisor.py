@@ -372,6 +372,28 @@ async def test_run_stops_everything_on_sigterm() -> None:
 
 
 @pytest.mark.e2e
+async def test_run_forwards_sighup_to_every_process(dev_log: list[str]) -> None:
+    before = signal.getsignal(signal.SIGHUP)
+    out = io.StringIO()
+    code = """
+        import signal, time
+        signal.signal(signal.SIGHUP, lambda *_: print("reload", flush=True))
+        print("up", flush=True)
+        time.sleep(600)
+    """
+    sup = Supervisor([ProcessSpec("a", py(code)), ProcessSpec("b", py(code))], output=out)
+    task = asyncio.create_task(sup.run())
+    await eventually(lambda: out.getvalue().count("up") == 2, "both children to start")
+    os.kill(os.getpid(), signal.SIGHUP)  # handled by run(): forwarded, nobody stops
+    await eventually(lambda: out.getvalue().count("reload") == 2, "both children to reload")
+    assert not task.done()
+    assert any("SIGHUP: forwarded to a, b" in m for m in dev_log)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 30) is None
+    assert signal.getsignal(signal.SIGHUP) == before  # the previous handler is restored
+
+
+@pytest.mark.e2e
 async def test_a_second_signal_kills_without_waiting(dev_log: list[str]) -> None:
     out = io.StringIO()
     code = """

@@ -312,13 +312,27 @@ class Supervisor:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def signal(self, signum: int) -> list[str]:
+        """Send ``signum`` to every running process (not to its group: a service decides what
+        its own children get); the names it reached. ``garrison dev`` forwards SIGHUP this way,
+        so one ``kill -HUP`` reloads the keys of the whole app."""
+        reached = []
+        for name, proc in self._procs.items():
+            if proc.pid is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):  # exited just now: nothing to tell
+                os.kill(proc.pid, signum)
+                reached.append(name)
+        return reached
+
     async def wait_healthy(self, timeout: float) -> list[str]:
         """Wait until every process with a ``health_url`` answers it; the names that did not."""
         urls = {p.spec.name: p.spec.health_url for p in self._procs.values() if p.spec.health_url}
         return await wait_healthy(urls, timeout)
 
     async def run(self, until: Awaitable[T] | None = None) -> T | None:
-        """Start, run until SIGINT/SIGTERM (or until ``until`` completes), then stop all.
+        """Start, run until SIGINT/SIGTERM (or until ``until`` completes), then stop all;
+        SIGHUP meanwhile is forwarded to every process (see :meth:`signal`).
 
         Returns what ``until`` returned, or ``None`` when a signal came first (``until`` is
         then cancelled). A second signal kills the processes without waiting. If ``until``
@@ -336,9 +350,16 @@ class Supervisor:
             signalled.set()
             self._stopping.set()
 
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        def on_hangup() -> None:
+            reached = self.signal(signal.SIGHUP)
+            log.info("SIGHUP: forwarded to %s", ", ".join(reached) or "no running process")
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         for s in previous:
-            loop.add_signal_handler(s, on_signal, s)
+            if s == signal.SIGHUP:
+                loop.add_signal_handler(s, on_hangup)
+            else:
+                loop.add_signal_handler(s, on_signal, s)
         work: asyncio.Future[T] | None = None
         try:
             await self.start()
