@@ -2,9 +2,11 @@
 
 Both sides use one SQLite file in WAL mode with ``synchronous=FULL`` (fsync before a commit
 returns, so before a result is acknowledged). garrison runs in this process; DBOS 3.4 runs in
-a subprocess (``bench/_dbos_peer.py``), sequentially at c=1 and from a thread pool at c=100,
-on the same disk, in the same run. The physical limit is measured here too: the rate of raw
-durable SQLite commits (one tiny INSERT per transaction) on this disk.
+a subprocess (``bench/_dbos_peer.py``), sequentially at c=1 and from a thread pool at
+c=64/128/256 (20,000 workflows per point for garrison), on the same disk, in the same run;
+``bench/results/durable_workflows.png`` draws the latency/throughput curve of both. The
+physical limit is measured here too: the rate of raw durable SQLite commits (one tiny INSERT
+per transaction) on this disk.
 
 At c=1 a garrison workflow takes 4 commits (start with its first transition, then one per
 activity result, the last one carrying the completion), so the c=1 limit shown is the raw
@@ -44,8 +46,15 @@ class Plan:
     commits: int
 
 
-FULL = Plan(rounds=3, n={1: 600, 100: 6000}, dbos_n={1: 300, 100: 1500}, commits=2000)
-QUICK = Plan(rounds=1, n={1: 100, 100: 1000}, dbos_n={1: 50, 100: 200}, commits=300)
+FULL = Plan(
+    rounds=3,
+    n={1: 600, 64: 20_000, 128: 20_000, 256: 20_000},
+    dbos_n={1: 300, 64: 1500, 128: 1500, 256: 1500},
+    commits=2000,
+)
+QUICK = Plan(
+    rounds=1, n={1: 100, 64: 1000, 256: 1000}, dbos_n={1: 50, 64: 200, 256: 200}, commits=300
+)
 
 
 async def one(x: int) -> int:
@@ -216,4 +225,64 @@ async def run(quick: bool) -> list[Row]:
     else:
         note("dbos", "not installed (pip install dbos): peer column empty")
     note("garrison", "SQLite WAL, synchronous=FULL, one writer thread with group commit")
+    _picture(g, d)
     return rows
+
+
+def _picture(g: dict[int, list[Sample]], d: dict[int, list[dict[str, float]]]) -> None:
+    """The latency/throughput curve: one point per concurrency, p50 and p99, both sides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._harness import RESULTS_DIR
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sides: list[tuple[str, list[tuple[int, float, float, float]]]] = [
+        (
+            "garrison",
+            [
+                (
+                    c,
+                    median([s.wf_per_s for s in v]),
+                    median([s.p50_ms for s in v]),
+                    median([s.p99_ms for s in v]),
+                )
+                for c, v in g.items()
+                if v
+            ],
+        ),
+        (
+            "DBOS",
+            [
+                (
+                    c,
+                    median([x["wf_per_s"] for x in v]),
+                    median([x["p50_ms"] for x in v]),
+                    median([x["p99_ms"] for x in v]),
+                )
+                for c, v in d.items()
+                if v
+            ],
+        ),
+    ]
+    for (name, points), color in zip(sides, ("tab:blue", "tab:orange"), strict=True):
+        if not points:
+            continue
+        xs = [p[1] for p in points]
+        ax.plot(xs, [p[2] for p in points], "o-", color=color, label=f"{name} p50")
+        ax.plot(xs, [p[3] for p in points], "s--", color=color, alpha=0.6, label=f"{name} p99")
+        for c, x, p50, _ in points:
+            ax.annotate(f"c={c}", (x, p50), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("3-step workflows per second (log)")
+    ax.set_ylabel("latency start -> result, ms (log)")
+    ax.set_title("Durable 3-step workflows on SQLite (WAL, synchronous=FULL)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(RESULTS_DIR / "durable_workflows.png", dpi=90)
+    plt.close(fig)
