@@ -20,8 +20,8 @@ from garrison.core import msgpack_decode
 from garrison.durable._journal import ActivityCompleted, decode_batch
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
-ROUNDS = int(os.environ.get("GARRISON_CRASH_ROUNDS", "12"))
-WORKFLOWS = 400
+ROUNDS = int(os.environ.get("GARRISON_CRASH_ROUNDS", "60"))  # kill points
+WORKFLOWS = int(os.environ.get("GARRISON_CRASH_WORKFLOWS", "1000"))
 
 
 def spawn(db: Path, effects: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -48,7 +48,7 @@ def executions_so_far(effects: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_sigkill_at_random_points_loses_nothing_and_repeats_no_committed_step(
     tmp_path: Path,
 ) -> None:
