@@ -228,9 +228,11 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, 'colour = "blue"\n')
     err = load_error(path)
     assert_names(err, source=str(path), key="colour", expected="unknown key")
-    assert "expected one of: app, client, dev, gateway, identity, log, resilience, services" in str(
-        err
+    expected = (
+        "expected one of: app, client, dev, durable, gateway, identity, log, resilience, "
+        "services, streams"
     )
+    assert expected in str(err)
 
 
 def test_unknown_key_in_a_section(tmp_path: Path) -> None:
