@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,58 @@ from garrison.core import FakeClock
 from garrison.durable import Engine, EngineConfig, MemoryStore, Store
 from garrison.durable._stores.sqlite import SqliteStore
 
+PG_URL = os.environ.get("GARRISON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL database of the tests; each test gets its own fresh schema in it."""
 
-@pytest.fixture(params=["memory", "sqlite"])
+
+async def pg_reachable() -> None:
+    """Skip the test when PostgreSQL is unreachable (fail instead when CI=true)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    try:
+        conn = await asyncpg.connect(PG_URL, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable in CI: {exc!r}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc!r}")
+    await conn.close()
+
+
+async def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh, unique PostgreSQL schema name, dropped after the test."""
+    await pg_reachable()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield schema
+    await drop_schema(schema)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "wf.db")
+    if request.param == "postgres":
+        from garrison.durable._stores.postgres import PostgresStore
+
+        await pg_reachable()
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        s: Store = PostgresStore(PG_URL, schema=schema)
+        try:
+            await s.open()
+            yield s
+            await s.close()
+        finally:
+            await drop_schema(schema)
+        return
+    s = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "wf.db")
     await s.open()
     yield s
     await s.close()
@@ -28,7 +78,8 @@ def clock() -> FakeClock:
 
 
 async def drain(rounds: int = 30) -> None:
-    """Let every ready task run (the memory store never blocks; SQLite needs real waits)."""
+    """Let every ready task run (the memory store never blocks; SQLite and PostgreSQL need real
+    waits)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
 

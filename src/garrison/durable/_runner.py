@@ -120,6 +120,11 @@ class Runner:
         self.leaving: dict[str, bool] = {}
         """Instances whose release write is in flight: whether an inbox row arrived meanwhile
         (then the poller is kicked once the release committed)."""
+        # A store that hears of work from other processes (PostgreSQL LISTEN/NOTIFY) kicks the
+        # poller at once instead of leaving it to the next poll.
+        on_work = getattr(engine.store, "on_work", None)
+        if engine.worker and callable(on_work):
+            on_work(engine.kick)
 
     # -- tasks ------------------------------------------------------------------------------------
 
