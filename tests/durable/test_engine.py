@@ -78,6 +78,9 @@ async def test_start_is_idempotent_by_id(make_engine: EngineFactory) -> None:
     h1 = await e.start(ordering, "o1", id="same")
     h2 = await e.start(ordering, "o2", id="same")
     assert h1.id == h2.id
+    assert h1.created
+    assert not h2.created  # the handle tells a repeated start from the first
+    assert not e.handle("same").created
     assert await h2.result(timeout=WAIT) == 2
     assert calls == [("same:2", "o1")]
     assert e.stats.started == 1

@@ -6,10 +6,18 @@ every recorded step returns its recorded result, so it resumes exactly where it 
 :class:`Engine` runs workflows inside a process on a store chosen by URL: embedded SQLite
 (``sqlite:///app.db``, WAL, group commit) or memory (``memory://``, tests).
 
+An *actor* is an ``@actor`` class with a typed ``state`` and async handlers, addressed by (type,
+key) through an :class:`ActorSystem` (``Engine(..., actors=[...])`` hosts one on the engine's
+store): one message at a time per key, its state change committed together with the messages
+it sends and its reminders, so state changes are exactly once.
+
 See ``docs/durable.md`` for the model and its guarantees.
 """
 
 from ._activity import ActivityInfo, ActivityOptions, activity, activity_info
+from ._actor import ActorConfig, ActorContext, ActorError, StateTooLarge, actor
+from ._actor_ref import ActorRef
+from ._actor_runtime import ActorStats, ActorSystem
 from ._config import DEFAULT_ACTIVITY_RETRY, EngineConfig, Limits
 from ._context import WorkflowContext
 from ._cron import Cron
@@ -35,6 +43,7 @@ from ._machine import DEFAULT_VERSION
 from ._replay import ReplayReport, replay_check
 from ._runner import EngineStats
 from ._saga import Saga
+from ._settings import DurableSettings, ServiceDurableSettings
 from ._stores import open_store
 from ._stores.base import Schedule, Status, Store, StoreStats, WorkflowInfo
 from ._stores.memory import MemoryStore
@@ -43,11 +52,18 @@ __all__ = [
     "ActivityError",
     "ActivityInfo",
     "ActivityOptions",
+    "ActorConfig",
+    "ActorContext",
+    "ActorError",
+    "ActorRef",
+    "ActorStats",
+    "ActorSystem",
     "Batch",
     "ChildWorkflowError",
     "Cron",
     "DEFAULT_ACTIVITY_RETRY",
     "DEFAULT_VERSION",
+    "DurableSettings",
     "Engine",
     "EngineConfig",
     "EngineStats",
@@ -62,6 +78,8 @@ __all__ = [
     "ReplayReport",
     "Saga",
     "Schedule",
+    "ServiceDurableSettings",
+    "StateTooLarge",
     "Status",
     "Store",
     "StoreStats",
@@ -76,6 +94,7 @@ __all__ = [
     "WorkflowTerminated",
     "activity",
     "activity_info",
+    "actor",
     "open_store",
     "replay_check",
 ]

@@ -24,6 +24,7 @@ from ._futures import DFuture, Step
 from ._registry import WorkflowFn, activity_name, workflow_name
 
 if TYPE_CHECKING:
+    from ._actor_workflow import WorkflowActorRef
     from ._machine import Machine
 
 __all__ = ["WorkflowContext"]
@@ -199,6 +200,17 @@ class WorkflowContext:
             return ChildCommand(n, wf, id or f"{m.workflow_id}:{m.run_id[:12]}:{n}", data)
 
         return m.issue("child", wf, make, dec)
+
+    def actor(self, actor: type | str, key: str) -> WorkflowActorRef:
+        """The actor ``actor``/``key`` as seen from this workflow: ``await ctx.actor(Battery,
+        "b-17").call("report", reading)`` or ``.signal(...)``. Each is a journaled step (an
+        activity whose idempotency key is the message id), so the actor handles it exactly once
+        however often this workflow is replayed or the step re-run after a crash. The actor
+        must be hosted by an open ``ActorSystem`` of this process (``Engine(actors=[...])``).
+        """
+        from ._actor_workflow import WorkflowActorRef
+
+        return WorkflowActorRef(self, actor, key)
 
     def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> DFuture[list[Any]]:
         """Wait for all of ``aws`` (steps, coroutines using this context, other gathers) and

@@ -16,13 +16,17 @@ import asyncio
 import builtins
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
+
+import msgspec
 
 from garrison.core import Clock, SystemClock, UsageError, new_id
 from garrison.resilience import Retrier, RetryPolicy
 
+from ._actor import ActorConfig
+from ._actor_runtime import ActorSystem
 from ._codec import decode_any, encode, encode_args
 from ._config import EngineConfig
 from ._cron import Cron
@@ -76,6 +80,8 @@ class Engine:
         config: EngineConfig | None = None,
         clock: Clock | None = None,
         worker: bool = True,
+        actors: Sequence[type] = (),
+        actor_config: ActorConfig | None = None,
     ) -> None:
         self.store: Store = open_store(store) if isinstance(store, str) else store
         self._owns_store = isinstance(store, str)
@@ -95,6 +101,22 @@ class Engine:
         self._next_wake = math.inf
         self._poller: asyncio.Task[None] | None = None
         self._activations: set[asyncio.Task[None]] = set()
+        # actors share the store (and so the SQLite writer's group commit) and the worker id
+        self._actors: ActorSystem | None = None
+        if actors or actor_config is not None:
+            cfg = actor_config or ActorConfig()
+            if cfg.worker_id is None:
+                cfg = msgspec.structs.replace(cfg, worker_id=self.worker_id)
+            self._actors = ActorSystem(
+                self.store, actors=actors, config=cfg, clock=self.clock, worker=worker, engine=self
+            )
+
+    @property
+    def actors(self) -> ActorSystem:
+        """The actors hosted with this engine (``Engine(..., actors=[...])``): ``ref`` them."""
+        if self._actors is None:
+            raise UsageError("this engine hosts no actors: create it with actors=[...]")
+        return self._actors
 
     @property
     def stats(self) -> EngineStats:
@@ -116,6 +138,8 @@ class Engine:
         if self._owns_store:
             await self.store.open()
         self._opened = True
+        if self._actors is not None:
+            await self._actors.open()
         if self.worker:
             self.running = True
             if self.config.worker_id is not None:  # our previous incarnation's leases are ours
@@ -135,6 +159,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._activations, return_exceptions=True)
         await self.runner.close()
+        if self._actors is not None:
+            await self._actors.close()
         if self.worker:
             try:
                 await self.store.release(self.worker_id, self.clock.time())
@@ -170,7 +196,8 @@ class Engine:
     ) -> WorkflowHandle[Any]:
         """Start ``workflow(*args)`` as instance ``id`` (default: a new id) and return its handle
         once the start is durable. Idempotent: if ``id`` exists, nothing starts and its handle
-        is returned (:class:`UsageError` if it is an instance of another workflow)."""
+        is returned (:class:`UsageError` if it is an instance of another workflow);
+        ``handle.created`` tells which happened."""
         self._check_open()
         wt = self.registry.get(workflow)
         wid = id or new_id()
@@ -205,7 +232,7 @@ class Engine:
                 f"workflow id {wid!r} is taken by an instance of {existing.workflow!r}, "
                 f"not {wt.name!r}"
             )
-        return WorkflowHandle(self, wid)
+        return WorkflowHandle(self, wid, created=created)
 
     def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """The handle of an existing instance (not checked until used)."""

@@ -18,12 +18,16 @@ T = TypeVar("T")
 class WorkflowHandle(Generic[T]):
     """A workflow instance: its status, result, and the ways to steer it."""
 
-    __slots__ = ("_engine", "id")
+    __slots__ = ("_engine", "created", "id")
 
-    def __init__(self, engine: Engine, workflow_id: str) -> None:
+    def __init__(self, engine: Engine, workflow_id: str, *, created: bool = False) -> None:
         self._engine = engine
         self.id = workflow_id
         """The instance id."""
+        self.created = created
+        """True when the :meth:`Engine.start` that returned this handle created the instance;
+        False when the id existed already (a repeated, idempotent start) or for a handle made
+        by :meth:`Engine.handle`."""
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.id}>"
