@@ -132,6 +132,8 @@ class _Snapshot(msgspec.Struct):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_key_encoder = msgspec.msgpack.Encoder()
+_key_decoder = msgspec.msgpack.Decoder(_KeyState)
 
 
 class WindowOperator:
@@ -512,6 +514,50 @@ class WindowOperator:
                 if not win.fired:
                     self._due.add(win.end, (_FIRE, win))
                 self._due.add(win.end + self.allowed_lateness, (_PURGE, win))
+
+    # -- incremental checkpoints (a processor stores only the keys a batch changed) ------------
+
+    def snapshot_key(self, key: str) -> bytes | None:
+        """One key's state as bytes, or None when the key holds no state any more.
+
+        With :meth:`snapshot_meta`, a checkpoint of the keys that changed: every change of a
+        key's state comes from a sample fed for it or an output drained for it (a window fired,
+        revised, retracted or closed), so those keys are the ones to store after a batch.
+        """
+        ks = self._keys.get(key)
+        if ks is None:
+            return None
+        wins = ks.sessions if isinstance(self.windows, Session) else ks.windows.values()
+        states = [_WinState(w.start, w.end, w.revision, w.fired) for w in wins]
+        return _key_encoder.encode(_KeyState(key, list(ks.timeline), states, ks.frontier))
+
+    def snapshot_meta(self) -> bytes:
+        """Everything but the keys: configuration, watermark, counters (see :meth:`snapshot`)."""
+        if self._out:
+            raise UsageError("WindowOperator.snapshot_meta: drain() the pending outputs first")
+        snap = _Snapshot(
+            _SNAPSHOT_VERSION,
+            self.windows,
+            self.aggregation,
+            self.watermark_policy,
+            self.allowed_lateness,
+            self._wm,
+            self._max_ts,
+            [],
+            self.stats,
+        )
+        return _snapshot_encoder.encode(snap)
+
+    def restore_parts(self, meta: bytes, keys: Iterable[bytes]) -> None:
+        """:meth:`restore` from a :meth:`snapshot_meta` and the :meth:`snapshot_key` of every
+        key that holds state."""
+        try:
+            snap = _snapshot_decoder.decode(meta)
+            states = [_key_decoder.decode(k) for k in keys]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidInput(f"WindowOperator.restore_parts: not a checkpoint: {exc}") from None
+        snap.keys = sorted(states, key=attrgetter("key"))
+        self.restore(_snapshot_encoder.encode(snap))
 
 
 def _entry_order(entry: tuple[int, _Win]) -> tuple[int, str, int]:
