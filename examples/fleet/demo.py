@@ -72,15 +72,40 @@ async def main(config: GarrisonConfig) -> None:
             )
         console.print(table)
 
-        report = (
-            await http.post(f"{url['dispatch']}/dispatch", json={"site": "north", "kw": 150})
-        ).json()
+        # Dispatch is a durable workflow: start it, end the grid event, read its report.
+        d = url["dispatch"]
+        started = (await http.post(f"{d}/dispatch", json={"site": "north", "kw": 150})).json()
+        # (an event sent before the workflow waits for it is kept for that wait)
+        await http.post(f"{d}/dispatch/{started['id']}/grid-event-over")
+        status = (await http.get(f"{d}/dispatch/{started['id']}", params={"wait": 30})).json()
+        report = status["report"]
         console.print(
             f"dispatch north 150 kW -> commanded {report['commanded_kw']} kW "
-            f"on {len(report['acks'])} batteries, failed: {report['failed'] or 'none'}"
+            f"on {len(report['acks'])} batteries, failed: {report['failed'] or 'none'} "
+            f"(workflow {started['id']}: {status['status']}, ended by {report['ended_by']}, "
+            f"{report['released']} released)"
         )
-        bad = await http.post(f"{url['dispatch']}/dispatch", json={"site": "north", "kw": "lots"})
+        bad = await http.post(f"{d}/dispatch", json={"site": "north", "kw": "lots"})
         console.print(f"bad input is refused with {bad.status_code}: {bad.json()['message']}")
+
+        # An operator cancels a holding dispatch: its saga sets every battery back to 0 kW.
+        # (cancelled at once here: where it waits, commands or hold, it compensates)
+        held = (
+            await http.post(f"{d}/dispatch", json={"site": "harbour", "kw": 80, "hold_s": 600})
+        ).json()
+        await http.post(f"{d}/_garrison/workflows/{held['id']}/cancel", json={"reason": "demo"})
+        status = (await http.get(f"{d}/dispatch/{held['id']}", params={"wait": 30})).json()
+        history = (await http.get(f"{d}/_garrison/workflows/{held['id']}/history")).json()
+        releases = sum(
+            1
+            for b in history["batches"]
+            for i in b["inputs"]
+            if i["kind"] == "ActivityCompleted" and i["name"].endswith("release")
+        )
+        console.print(
+            f"dispatch harbour cancelled by an operator -> {status['status']}; "
+            f"the saga released {releases} batteries"
+        )
 
         console.print("sending 300 site views and 60 dispatches ...")
         for i in range(30):
@@ -90,7 +115,7 @@ async def main(config: GarrisonConfig) -> None:
                     for k in range(10)
                 ),
                 *(
-                    http.post(f"{url['dispatch']}/dispatch", json={"site": s, "kw": 40})
+                    http.post(f"{d}/dispatch", json={"site": s, "kw": 40, "hold_s": 0.5})
                     for s in sites[:2]
                 ),
             )
@@ -133,3 +158,18 @@ async def main(config: GarrisonConfig) -> None:
             f"edge {replaced.json()['edge']} now at version {replaced.json()['version']}"
         )
         await http.delete(f"{url['dispatch']}/_garrison/resilience/edges/devices")
+
+        # The dispatch workflows, as an operator sees them.
+        listing = (await http.get(f"{d}/_garrison/workflows", params={"limit": 5})).json()
+        table = Table(title="dispatch's workflows (GET /_garrison/workflows?limit=5)")
+        for col in ("id", "workflow", "status", "steps", "failure"):
+            table.add_column(col)
+        for w in listing["workflows"]:
+            table.add_row(w["id"], w["workflow"], w["status"], str(w["steps"]), w["failure"] or "")
+        console.print(table)
+        console.print(
+            f"workflows: GET {d}/_garrison/workflows[/ID[/history]], or "
+            f"`garrison workflows list --service dispatch --app-dir {config.root}` "
+            "(also show, history, signal, cancel, replay-check)",
+            markup=False,
+        )

@@ -30,6 +30,8 @@ from rich.panel import Panel
 from rich.table import Table
 from typer.core import TyperGroup
 
+from garrison._cli_streams import streams_app
+from garrison._cli_workflows import workflows_app
 from garrison.core import (
     ConfigError,
     GarrisonConfig,
@@ -39,10 +41,12 @@ from garrison.core import (
     get_logger,
     load_config,
 )
+from garrison.durable import DurableSettings
 from garrison.identity._cli import passport_app
 from garrison.identity._config import IdentityConfig
 from garrison.resilience import ResilienceSettings
 from garrison.service._supervisor import ProcessSpec, RestartPolicy, Supervisor
+from garrison.streams import StreamsSettings
 
 __all__ = ["main"]
 
@@ -118,6 +122,8 @@ config_app = typer.Typer(
 )
 main.add_typer(config_app)
 main.add_typer(passport_app)
+main.add_typer(workflows_app)
+main.add_typer(streams_app)
 
 AppDirArgument = Annotated[
     Path,
@@ -305,6 +311,8 @@ def _load(app_dir: Path) -> GarrisonConfig:
         # The pillars' own sections are validated here too, so that every command (and
         # `config check`) refuses a bad garrison.toml before anything starts.
         ResilienceSettings.from_config(config)
+        DurableSettings.from_config(config)
+        StreamsSettings.from_config(config)
         if config.identity:
             IdentityConfig.from_config(config)
     except ConfigError as exc:

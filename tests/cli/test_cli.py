@@ -173,6 +173,10 @@ def test_config_check_applies_environment_overrides(
         ("[services.api\n", ["not valid TOML"]),
         ('[servics.api]\napp = "a:b"\nport = 1\n', ["servics", "unknown key"]),
         ('[services.api]\napp = "api:svc"\nport = 70000\n', ["services.api.port"]),
+        ("[durable]\nlease_seconds = 0\n", ["durable.lease_seconds"]),
+        ('[durable]\nstore = "ftp://x"\n', ["durable.store", "ftp"]),
+        ("[streams]\nmax_records = 0\n", ["streams.max_records"]),
+        ('[streams.topics."bad topic"]\npartitions = 2\n', ["streams.topics", "bad topic"]),
     ],
 )
 def test_config_check_reports_bad_config(tmp_path: Path, toml: str, fragments: list[str]) -> None:

@@ -59,10 +59,13 @@ class SiteView(msgspec.Struct, frozen=True):
 
 
 class DispatchRequest(msgspec.Struct, frozen=True):
-    """Ask a site to deliver ``kw`` in total."""
+    """Ask a site to deliver ``kw`` in total, until the grid event is over (at most ``hold_s``
+    seconds). ``id`` makes the request idempotent: the same id starts one dispatch."""
 
     site: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
     kw: Annotated[float, msgspec.Meta(ge=-100_000, le=100_000)]
+    hold_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 7200.0
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] | None = None
 
 
 class DispatchReport(msgspec.Struct, frozen=True):
@@ -73,3 +76,24 @@ class DispatchReport(msgspec.Struct, frozen=True):
     commanded_kw: float
     acks: list[Ack]
     failed: list[str]
+    ended_by: str = ""
+    """``grid_event_over`` (the event came) or ``timeout`` (``hold_s`` passed first)."""
+    released: int = 0
+    """Batteries set back to 0 kW at the end."""
+
+
+class DispatchStarted(msgspec.Struct, frozen=True):
+    """A dispatch workflow, started (or found: the same id starts one dispatch)."""
+
+    id: str
+    status: str
+    created: bool
+
+
+class DispatchStatus(msgspec.Struct, frozen=True):
+    """Where a dispatch workflow is: ``running``, or how it ended, with its report."""
+
+    id: str
+    status: str
+    report: DispatchReport | None = None
+    error: str | None = None

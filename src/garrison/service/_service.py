@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -29,12 +29,24 @@ from garrison.resilience import PolicyRegistry, ResilienceSettings, close_shared
 
 from ._admin import admin_routes
 from ._client import Interceptor, ServiceClient
+from ._durable import UNSET, ServiceWorkflows
 from ._http_errors import error_response
 from ._identity import PassportMiddleware, ServiceIdentity
 from ._metrics import ServiceMetrics
 from ._middleware import ROUTE_SCOPE_KEY, InboundMiddleware
 from ._params import Injector, ParamSpec, analyse, resolve
 from ._resilience import InboundGuard, ResilienceInterceptor
+from ._streams import ServiceStreams
+from ._streams_admin import streams_admin_routes
+from ._workflows_admin import workflow_admin_routes
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import timedelta
+
+    from garrison.durable import Engine
+    from garrison.resilience import RetryPolicy
+    from garrison.streams import StreamApp
 
 __all__ = ["Service"]
 
@@ -81,12 +93,16 @@ class Service:
         self._ready = False
         self.identity = ServiceIdentity(self)
         """The passport side: ``Passport`` handler parameters, ``requires=``, forwarding."""
+        self._durable = ServiceWorkflows(self)
+        self._readiness.append(self._durable.workflow_engine)
+        self._streams = ServiceStreams(self)
 
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, config: GarrisonConfig, replica: int = 0) -> None:
         """Bind the service to an application's configuration (done by the runner and tests)."""
         settings = ResilienceSettings.from_config(config)  # validate before changing anything
+        self._durable.resolve_settings(config, replica)  # [durable] too: fail before serving
         self.config = config
         self.replica = replica
         self.resilience.reload(settings)
@@ -161,6 +177,65 @@ class Service:
     def routes(self) -> list[tuple[str, list[str]]]:
         """(path, methods) of every user route, in registration order."""
         return [(r.path, sorted(r.methods or ())) for r in self._routes]
+
+    # -- durable workflows (see _durable.py) ----------------------------------------------------
+
+    @overload
+    def workflow(self, fn: F, /) -> F: ...
+    @overload
+    def workflow(self, /, *, name: str | None = ...) -> Callable[[F], F]: ...
+    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+        """Declare a durable workflow of this service (``@svc.workflow`` or
+        ``@svc.workflow(name="...")``; the name defaults to the function's qualified name).
+        The service then runs a workflow engine; start instances with ``svc.workflows``."""
+        return self._durable.workflow(fn, name=name)
+
+    @overload
+    def activity(self, fn: F, /) -> F: ...
+    @overload
+    def activity(
+        self,
+        /,
+        *,
+        retry: RetryPolicy | Mapping[str, Any] | None = ...,
+        timeout: float | timedelta | None = ...,
+        name: str | None = ...,
+    ) -> Callable[[F], F]: ...
+    def activity(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        retry: Any = UNSET,
+        timeout: float | timedelta | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Mark a function as an activity with default options, as
+        :func:`garrison.durable.activity` does (``retry``: a policy, a mapping of its fields, or
+        None for one attempt; ``timeout`` per attempt; ``name`` in the journal)."""
+        return self._durable.activity(fn, retry=retry, timeout=timeout, name=name)
+
+    @property
+    def workflows(self) -> Engine:
+        """The running workflow engine (``await svc.workflows.start(wf, *args, id=...)``);
+        :class:`UsageError` before startup, after shutdown, or without workflows."""
+        return self._durable.running
+
+    # -- stream processors (see _streams.py) ----------------------------------------------------
+
+    def processor(
+        self, topic: str | Sequence[str], *, group: str | None = None, **options: Any
+    ) -> Callable[[F], F]:
+        """Run the decorated handler ``(ctx, record)`` over ``topic`` as a member of consumer
+        group ``group`` (default ``{service}-{function}``) while the service runs; options as
+        :class:`garrison.streams.Processor` (``stores``, ``outputs``, ``decode``, ``dlq`` ...)."""
+        return self._streams.processor(topic, group=group, **options)
+
+    @property
+    def streams(self) -> StreamApp:
+        """The running stream app (``svc.streams.producer``, ``svc.streams.log``);
+        :class:`UsageError` when the service runs no streams."""
+        return self._streams.running
 
     # -- extension points for the pillars ------------------------------------------------------
 
@@ -248,6 +323,8 @@ class Service:
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics_endpoint, methods=["GET"]),
             *admin_routes(self),
+            *workflow_admin_routes(self),
+            *streams_admin_routes(self),
         ]
         app = Starlette(
             routes=[*probes, *self._routes],
@@ -259,19 +336,30 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        for hook in self._startup:
-            await hook()
+        await self._durable.start()  # before the hooks: they may start workflows
+        try:
+            for hook in self._startup:
+                await hook()
+            await self._streams.start()  # after the hooks: handlers may use what they set up
+        except BaseException:
+            await self._durable.stop()  # a failed startup leaves no engine (nor store) open
+            raise
         self._ready = True
         _log.info("service %s ready (replica %d)", self.name, self.replica)
         try:
             yield
         finally:
             self._ready = False
+            try:
+                await self._streams.stop()  # before the hooks: handlers may use what they own
+            except Exception:
+                _log.exception("stopping the stream processors of %s failed", self.name)
             for hook in reversed(self._shutdown):
                 try:
                     await hook()
                 except Exception:
                     _log.exception("shutdown hook %s of %s failed", hook, self.name)
+            await self._durable.stop()
             for client in self._clients.values():
                 await client.aclose()
             await close_shared_redis_clients()  # shared rate limits' Redis connections
