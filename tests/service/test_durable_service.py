@@ -622,3 +622,79 @@ async def test_ids_with_slashes_are_addressable(tmp_path: Path) -> None:
         r = await c.post(f"{WF}/site/north/1/signal/grid_event_over")
         assert r.status_code == 202
         assert (await wait_status(c, "site/north/1", "completed"))["result"]["ended_by"] == "event"
+
+
+# -- actors in a service -----------------------------------------------------------------------
+
+
+class Twin(msgspec.Struct):
+    soc: float = 0.0
+    reports: int = 0
+
+
+def make_actor_service(root: Path) -> Service:
+    svc = Service("devices")
+
+    @svc.actor
+    class Battery:
+        state: Twin
+
+        async def report(self, soc: float) -> int:
+            self.state.soc = soc
+            self.state.reports += 1
+            return self.state.reports
+
+    @svc.post("/batteries/{device}/report")
+    async def report(device: str, soc: float) -> dict[str, int]:
+        n = await svc.actors.ref(Battery, device).call("report", soc)
+        return {"reports": n}
+
+    @svc.get("/batteries/{device}")
+    async def twin(device: str) -> Twin:
+        state: Twin = await svc.actors.ref(Battery, device).state()
+        return state
+
+    svc.configure(parse_config({}, root=str(root), source=str(root / "g.toml")))
+    return svc
+
+
+async def test_an_actor_declared_on_a_service_is_hosted_and_reached_from_routes(
+    tmp_path: Path,
+) -> None:
+    svc = make_actor_service(tmp_path)  # no workflow: the actor alone starts the engine
+    async with lifespan(svc.asgi()), await http(svc) as c:
+        for i in range(3):
+            r = await c.post("/batteries/b-1/report", params={"soc": 0.5 + i / 10})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"reports": i + 1}
+        r = await c.get("/batteries/b-1")
+        assert r.json() == {"soc": 0.7, "reports": 3}
+    # the state outlives the process: a new service on the same store sees it
+    again = make_actor_service(tmp_path)
+    async with lifespan(again.asgi()), await http(again) as c:
+        assert (await c.get("/batteries/b-1")).json() == {"soc": 0.7, "reports": 3}
+
+
+def test_actor_declarations_are_checked(tmp_path: Path) -> None:
+    svc = Service("devices")
+    with pytest.raises(UsageError, match="class"):
+        svc.actor(lambda: None)  # type: ignore[call-overload]
+    with pytest.raises(UsageError, match="runs no workflow engine"):
+        _ = svc.actors  # nothing declared
+
+    @svc.actor(name="battery")
+    class A:
+        state: Twin
+
+        async def go(self) -> None: ...
+
+    with pytest.raises(UsageError, match="already hosts an actor named 'battery'"):
+
+        @svc.actor(name="battery")
+        class B:
+            state: Twin
+
+            async def go(self) -> None: ...
+
+    with pytest.raises(UsageError, match="only while the service"):
+        _ = svc.actors  # declared, but the service is not running

@@ -20,8 +20,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from garrison.core import GarrisonConfig, UsageError, get_logger
-from garrison.durable import Engine, activity
+from garrison.durable import ActorSystem, Engine, activity, actor
 from garrison.durable._activity import UNSET
+from garrison.durable._actor import actor_name
 from garrison.durable._settings import DurableSettings, ServiceDurableSettings
 from garrison.resilience import RetryPolicy
 
@@ -40,6 +41,7 @@ class ServiceWorkflows:
     def __init__(self, svc: Service) -> None:
         self._svc = svc
         self.declared: list[tuple[Callable[..., Any], str | None]] = []
+        self.actor_types: list[type] = []
         self.engine: Engine | None = None
         self.settings: ServiceDurableSettings | None = None
 
@@ -69,6 +71,38 @@ class ServiceWorkflows:
 
         return mark if fn is None else mark(fn)
 
+    def actor(self, cls: type | None = None, *, name: str | None = None) -> Any:
+        """Record ``cls`` as an actor type hosted by this service (see :meth:`Service.actor`)."""
+
+        def mark(c: type) -> type:
+            c = actor(name=name)(c)
+            wanted = actor_name(c)
+            for other in self.actor_types:
+                if actor_name(other) == wanted and other is not c:
+                    raise UsageError(
+                        f"service {self._svc.name!r} already hosts an actor named {wanted!r}"
+                    )
+            if self.engine is not None:
+                raise UsageError(
+                    f"@{self._svc.name}.actor: declare actors before the service starts "
+                    f"({wanted!r} came too late)"
+                )
+            if c not in self.actor_types:
+                self.actor_types.append(c)
+            return c
+
+        return mark if cls is None else mark(cls)
+
+    @property
+    def actors(self) -> ActorSystem:
+        """The running actor system; :class:`UsageError` saying why there is none."""
+        engine = self.running
+        if not self.actor_types:
+            raise UsageError(
+                f"service {self._svc.name!r} hosts no actors: declare one with @svc.actor"
+            )
+        return engine.actors
+
     @staticmethod
     def activity(
         fn: F | None,
@@ -92,10 +126,10 @@ class ServiceWorkflows:
             raise UsageError(
                 f"service {self._svc.name!r} runs no workflow engine: [durable] enabled = false"
             )
-        if not self.declared and not (self.settings and self.settings.enabled):
+        if not self._needs_engine and not (self.settings and self.settings.enabled):
             raise UsageError(
                 f"service {self._svc.name!r} runs no workflow engine: declare a workflow with "
-                "@svc.workflow, or set [durable] enabled = true"
+                "@svc.workflow or an actor with @svc.actor, or set [durable] enabled = true"
             )
         raise UsageError(
             f"the workflow engine of service {self._svc.name!r} runs only while the service "
@@ -118,19 +152,25 @@ class ServiceWorkflows:
     async def start(self) -> None:
         """Open the engine if the service has workflows (or ``[durable]`` says so)."""
         settings = self.resolve_settings()
-        if not settings.wants_engine(bool(self.declared)):
+        if not settings.wants_engine(self._needs_engine):
             return
-        engine = Engine(settings.store, config=settings.engine_config(), worker=settings.worker)
+        engine = Engine(
+            settings.store,
+            config=settings.engine_config(),
+            worker=settings.worker,
+            actors=self.actor_types,
+        )
         for fn, name in self.declared:
             engine.register(fn, name=name)
         await engine.open()
         self.engine = engine
         _log.info(
-            "service %s: workflow engine open on %s as %s (%d workflow(s)%s)",
+            "service %s: workflow engine open on %s as %s (%d workflow(s), %d actor type(s)%s)",
             self._svc.name,
             _redact(settings.store),
             engine.worker_id,
             len(self.declared),
+            len(self.actor_types),
             "" if settings.worker else ", not a worker",
         )
 
@@ -145,7 +185,12 @@ class ServiceWorkflows:
         the settings are unknown: the service's own "startup" check covers that time)."""
         if self.engine is not None or self.settings is None:
             return True
-        return not self.settings.wants_engine(bool(self.declared))
+        return not self.settings.wants_engine(self._needs_engine)
+
+    @property
+    def _needs_engine(self) -> bool:
+        """Whether the service declares anything the engine runs (workflows or actors)."""
+        return bool(self.declared or self.actor_types)
 
 
 def _redact(url: str) -> str:

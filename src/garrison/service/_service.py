@@ -44,13 +44,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from datetime import timedelta
 
-    from garrison.durable import Engine
+    from garrison.durable import ActorSystem, Engine
     from garrison.resilience import RetryPolicy
     from garrison.streams import StreamApp
 
 __all__ = ["Service"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
 Hook = Callable[[], Awaitable[None]]
 ReadinessCheck = Callable[[], Awaitable[bool]]
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -214,6 +215,22 @@ class Service:
         :func:`garrison.durable.activity` does (``retry``: a policy, a mapping of its fields, or
         None for one attempt; ``timeout`` per attempt; ``name`` in the journal)."""
         return self._durable.activity(fn, retry=retry, timeout=timeout, name=name)
+
+    @overload
+    def actor(self, cls: C, /) -> C: ...
+    @overload
+    def actor(self, /, *, name: str | None = ...) -> Callable[[C], C]: ...
+    def actor(self, cls: Any = None, /, *, name: str | None = None) -> Any:
+        """Declare an actor type hosted by this service (``@svc.actor`` or
+        ``@svc.actor(name="...")``; see :func:`garrison.durable.actor`). The service's engine
+        hosts it on the same store as its workflows; address actors with ``svc.actors``."""
+        return self._durable.actor(cls, name=name)
+
+    @property
+    def actors(self) -> ActorSystem:
+        """The running actor system (``await svc.actors.ref(Battery, "b-17").call(...)``);
+        :class:`UsageError` before startup, after shutdown, or without actors."""
+        return self._durable.actors
 
     @property
     def workflows(self) -> Engine:
