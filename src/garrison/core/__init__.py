@@ -42,12 +42,14 @@ from ._errors import (
 from ._ids import new_id, new_uuid7, uuid7_time
 from ._logging import JsonFormatter, configure_logging, get_logger
 from ._serde import from_builtins, json_decode, json_encode, msgpack_decode, msgpack_encode
+from ._sqlite_writer import CommitStats, GroupCommitWriter, WriterStats
 from ._timeouts import TimeoutWheel, default_wheel
 
 __all__ = [
     "AppConfig",
     "ClientConfig",
     "Clock",
+    "CommitStats",
     "ConfigError",
     "DEADLINE_HEADER",
     "Deadline",
@@ -56,6 +58,7 @@ __all__ = [
     "FakeClock",
     "GarrisonConfig",
     "GarrisonError",
+    "GroupCommitWriter",
     "InvalidInput",
     "JsonFormatter",
     "LogConfig",
@@ -71,6 +74,7 @@ __all__ = [
     "TransportError",
     "Unauthenticated",
     "UsageError",
+    "WriterStats",
     "configure_logging",
     "convert_section",
     "current_deadline",

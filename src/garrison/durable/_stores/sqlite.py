@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from garrison.core import ConfigError, UsageError
+from garrison.core import ConfigError, GroupCommitWriter, UsageError
 from garrison.durable._errors import FailureInfo, LeaseLost, WorkflowNotFound
 
 from .base import (
@@ -41,7 +41,6 @@ from .base import (
     child_outcome,
 )
 from .sqlite_schema import migrate
-from .writer import GroupCommitWriter
 
 __all__ = ["SqliteStore"]
 
@@ -352,7 +351,7 @@ class SqliteStore:
         self.synchronous = sync
         self.stats = StoreStats()
         """Transactions and operations written (group commit: commits << writes)."""
-        self._writer = GroupCommitWriter(self._connect_writer, self.stats)
+        self._writer = GroupCommitWriter(self._connect_writer, self.stats, what="the SQLite store")
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []

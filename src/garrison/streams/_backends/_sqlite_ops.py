@@ -1,7 +1,8 @@
 """The SQL of the SQLite log: schema and the operations run on its writer thread.
 
-Each function here runs inside the writer's transaction (see ``_sqlite_writer``), so a check
-and the writes it guards (fencing, then offsets, state and outputs) are one atomic unit.
+Each function here runs inside the writer's transaction (see
+``garrison.core.GroupCommitWriter``), so a check and the writes it guards (fencing, then
+offsets, state and outputs) are one atomic unit.
 """
 
 from __future__ import annotations

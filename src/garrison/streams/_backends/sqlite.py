@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import msgspec
 
-from garrison.core import Clock, ConfigError, InvalidInput, SystemClock
+from garrison.core import Clock, ConfigError, GroupCommitWriter, InvalidInput, SystemClock
 from garrison.streams._assign import by_member
 from garrison.streams._errors import (
     GroupNotFound,
@@ -57,7 +57,6 @@ from ._sqlite_ops import (
     tdec,
     topic_row,
 )
-from ._sqlite_writer import LogWriter
 from .base import (
     Assignment,
     Capabilities,
@@ -137,7 +136,7 @@ class SqliteLog:
         self._clock = clock or SystemClock()
         self._poll = poll_interval
         self._retention_interval = retention_interval
-        self._writer = LogWriter(self._connect)
+        self._writer = GroupCommitWriter(self._connect, max_batch=4096, what="the SQLite log")
         self._readers = _Readers(self._connect)
         self._topics: dict[str, Topic] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
@@ -254,7 +253,7 @@ class SqliteLog:
     @property
     def writer_stats(self) -> tuple[int, int]:
         """(transactions committed, operations they carried): group commit at work."""
-        return self._writer.stats.commits, self._writer.stats.ops
+        return self._writer.stats.commits, self._writer.stats.writes
 
     async def _retention_loop(self) -> None:
         while True:
