@@ -47,7 +47,8 @@ async def test_queued_operations_share_a_commit_and_a_failure_stays_alone(tmp_pa
         )
     finally:
         await asyncio.to_thread(writer.stop)
-    assert [r for r in results if isinstance(r, Exception)][0].args == ("thirteen",)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert [e.args for e in errors] == [("thirteen",)]
     assert [r for r in results if not isinstance(r, Exception)] == [v for v in range(50) if v != 13]
     assert rows(db) == [v for v in range(50) if v != 13]
     assert isinstance(writer.stats, WriterStats)
