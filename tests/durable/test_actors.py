@@ -1,10 +1,11 @@
-"""Actors on each store (memory, SQLite): every API, ordering, concurrency, failures, reminders,
-idle deactivation, ownership and bad input. Time-driven behaviour uses a FakeClock."""
+"""Actors on each store (memory, SQLite, PostgreSQL): every API, ordering, concurrency, failures,
+reminders, idle deactivation, ownership and bad input. Time-driven behaviour uses a FakeClock."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from garrison.durable import (
 from garrison.durable._actor_workflow import WorkflowActorRef
 from garrison.durable._stores.actors_base import Turn
 from garrison.durable._stores.sqlite import SqliteStore
+
+from .conftest import PG_URL, drop_schema, pg_reachable
 
 FAST = ActorConfig(poll_interval=0.05, idle_timeout=30.0)
 
@@ -99,8 +102,21 @@ class Alarm:
         self.state.fired.append(name)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def astore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "postgres":  # a fresh schema per test, dropped after (see conftest)
+        from garrison.durable._stores.postgres import PostgresStore
+
+        await pg_reachable()
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        pg: Store = PostgresStore(PG_URL, schema=schema)
+        try:
+            await pg.open()
+            yield pg
+            await pg.close()
+        finally:
+            await drop_schema(schema)
+        return
     s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "a.db")
     await s.open()
     yield s
@@ -296,10 +312,14 @@ async def test_a_client_reaches_an_actor_hosted_elsewhere(make: Factory) -> None
 async def test_messages_posted_while_another_worker_holds_the_key(make: Factory) -> None:
     w1 = await make()
     w2 = await make()
-    assert await w1.ref(Counter, "held").call("add", 1) == 1  # w1 holds it now
-    assert await w2.ref(Counter, "held").call("add", 1) == 2  # w1's poller handles it
-    assert ("Counter", "held") in w1.active()
-    assert ("Counter", "held") not in w2.active()
+    assert await w1.ref(Counter, "held").call("add", 1) == 1
+    # usually w1 holds it now, but another worker's poller may claim the posted message first
+    # (on PostgreSQL, between w1's post and w1's claim): the holder is whoever did
+    holder, other = (w1, w2) if ("Counter", "held") in w1.active() else (w2, w1)
+    assert ("Counter", "held") in holder.active()
+    assert await other.ref(Counter, "held").call("add", 1) == 2  # the holder's poller handles it
+    assert ("Counter", "held") in holder.active()
+    assert ("Counter", "held") not in other.active()
 
 
 # -- reminders, idle deactivation, ownership ----------------------------------------------------
@@ -316,13 +336,27 @@ async def test_several_reminders_per_key_fire_durably(astore: Store) -> None:
         assert await ref.call("names") == ["later", "once", "tick"]
         clock.advance(6.0)  # t = 6: tick (due 5)
 
+        # The checks nudge the clock by 10 ms, 1.5 s in all per stage (nothing else comes due):
+        # the poller computes its sleep before its sleeper task registers with the FakeClock, so
+        # an advance in between is missed until time moves again, at most poll_interval (1 s)
+        # later (seen on PostgreSQL, whose I/O reorders the tasks); see the report of issue 5.
+        nudged = [0.0]
+
+        def nudge() -> None:
+            if nudged[0] < 1.5:
+                nudged[0] += 0.01
+                clock.advance(0.01)
+
         async def ticked() -> bool:
+            nudge()
             return bool((await ref.state()).fired == ["tick"])
 
         await eventually(ticked, "tick at 5")
-        clock.advance(5.0)  # t = 11: once (due 10), tick again (due 10)
+        clock.advance(5.0)  # t = 11 (+ nudges): once (due 10), tick again (due 10)
+        nudged[0] = 0.0
 
         async def fired() -> bool:
+            nudge()
             return sorted((await ref.state()).fired) == ["once", "tick", "tick"]
 
         await eventually(fired, "tick twice and once")
@@ -352,9 +386,13 @@ async def test_idle_actors_deactivate_and_come_back_with_state_and_reminders(
 
         await eventually(gone, "both deactivated")
         assert s.stats.deactivations == 2
-        rec = await s.store.actor_get("Counter", "idle")
-        assert rec is not None
-        assert rec.owner is None
+
+        async def released() -> bool:  # the lease is given up right after the deactivation
+            rec = await s.store.actor_get("Counter", "idle")
+            assert rec is not None
+            return rec.owner is None
+
+        await eventually(released, "the idle key's lease released")
         assert await s.ref(Counter, "idle").call("add", 1) == 6  # reactivated with its state
 
         async def woke() -> bool:

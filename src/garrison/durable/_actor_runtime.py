@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import math
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from ._actor import (
 from ._actor_ref import ActorRef, is_actor
 from ._codec import decode_any, encode, split_args
 from ._errors import LeaseLost, failure_of
+from ._runner import sleep_until
 from ._stores import open_store
 from ._stores.actors_base import (
     ActorLoad,
@@ -86,13 +88,20 @@ def actor_store_for(store: Any) -> ActorStore:
     from ._stores.memory import MemoryStore
     from ._stores.sqlite import SqliteStore
 
-    if not isinstance(store, SqliteStore | MemoryStore):
+    # a PostgresStore exists only if its module (and asyncpg) was imported: never import it here
+    pg = sys.modules.get("garrison.durable._stores.postgres")
+    postgres = pg is not None and isinstance(store, pg.PostgresStore)
+    if not (postgres or isinstance(store, SqliteStore | MemoryStore)):
         raise UsageError(f"actors are not supported on a {type(store).__name__} yet")
     found = _stores.get(store)
     if found is not None:
         return found
     made: ActorStore
-    if isinstance(store, SqliteStore):
+    if postgres:
+        from ._stores.actors_postgres import PostgresActorStore
+
+        made = PostgresActorStore(store)
+    elif isinstance(store, SqliteStore):
         from ._stores.actors_sqlite import SqliteActorStore
 
         made = SqliteActorStore(store)
@@ -720,8 +729,9 @@ class ActorSystem:
                 if a.task is None and not a.pending:
                     wake = min(wake, a.last_used + self.config.idle_timeout)
             self._kick.clear()
-            left = max(0.0, wake - self.clock.time())
-            sleeper = asyncio.ensure_future(self.clock.sleep(left))
+            # The wait is worked out when the sleeper runs, not now: a clock that moves before
+            # the task starts (a FakeClock advanced meanwhile) must not push the wake-up later.
+            sleeper = asyncio.ensure_future(sleep_until(self.clock, wake))
             kicked = asyncio.ensure_future(self._kick.wait())
             try:
                 await asyncio.wait({sleeper, kicked}, return_when=asyncio.FIRST_COMPLETED)

@@ -106,10 +106,15 @@ def check_schema_name(name: str) -> str:
     return name
 
 
-async def migrate(conn: Any, schema: str) -> int:
-    """Create ``schema`` if needed and bring it to the newest version in one transaction; the
+async def migrate(
+    conn: Any, schema: str, component: str = COMPONENT, migrations: list[str] | None = None
+) -> int:
+    """Create ``schema`` if needed and bring ``component`` (the workflow tables by default; the
+    actor store passes its own ``migrations``) to the newest version in one transaction; the
     version reached. ``conn`` is an asyncpg connection (asyncpg ships no type information)."""
     check_schema_name(schema)
+    if migrations is None:
+        migrations = MIGRATIONS
     async with conn.transaction():
         # Serializes concurrent openers (CREATE SCHEMA/TABLE IF NOT EXISTS race otherwise).
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
@@ -119,22 +124,22 @@ async def migrate(conn: Any, schema: str) -> int:
             "(component text PRIMARY KEY, version bigint NOT NULL)"
         )
         row = await conn.fetchval(
-            f'SELECT version FROM "{schema}".garrison_schema WHERE component = $1', COMPONENT
+            f'SELECT version FROM "{schema}".garrison_schema WHERE component = $1', component
         )
         current = 0 if row is None else int(row)
-        if current > len(MIGRATIONS):
+        if current > len(migrations):
             raise ConfigError(
-                f"the database's {COMPONENT} schema ({schema}) is version {current}, newer than "
-                f"this garrison knows ({len(MIGRATIONS)}): upgrade garrison",
+                f"the database's {component} schema ({schema}) is version {current}, newer than "
+                f"this garrison knows ({len(migrations)}): upgrade garrison",
                 key="durable.store",
             )
         await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-        for script in MIGRATIONS[current:]:
+        for script in migrations[current:]:
             await conn.execute(script)  # a multi-statement script: simple query protocol
         await conn.execute(
             "INSERT INTO garrison_schema (component, version) VALUES ($1, $2) "
             "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-            COMPONENT,
-            len(MIGRATIONS),
+            component,
+            len(migrations),
         )
-    return len(MIGRATIONS)
+    return len(migrations)
