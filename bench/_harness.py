@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -53,8 +54,10 @@ __all__ = [
     "BENCH_DIR",
     "Better",
     "RESULTS_DIR",
+    "ROOT",
     "Row",
     "UnknownBenchmark",
+    "child_argv",
     "discover",
     "main",
     "median",
@@ -62,10 +65,13 @@ __all__ = [
     "percentile",
     "progress",
     "select",
+    "serve_child",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+ROOT = BENCH_DIR.parent
+"""The repository root: the working directory of benchmark child processes."""
 Better = Literal["higher", "lower"]
 
 
@@ -446,3 +452,51 @@ def render(
             row.notes,
         )
     return table
+
+
+# -- child processes -------------------------------------------------------------------------
+
+
+def child_argv(module: str, role: str, spec: dict[str, Any]) -> list[str]:
+    """argv running ``python -m module role '<spec as JSON>'`` (a benchmark's own child roles:
+    a service to measure, a load generator), so the measured side has a process of its own."""
+    return [sys.executable, "-m", module, role, json.dumps(spec)]
+
+
+@contextmanager
+def serve_child(
+    module: str, spec: dict[str, Any], *, name: str = "service", timeout: float = 20.0
+) -> Iterator[str]:
+    """Run ``module``'s ``serve`` role in a child process, wait until it is ready, yield its URL,
+    and stop it afterwards (SIGTERM, then SIGKILL after 10 s).
+
+    The child prints its port on the first line of stdout; ready means ``GET /readyz`` answered
+    200 within ``timeout`` seconds.
+    """
+    proc = subprocess.Popen(
+        child_argv(module, "serve", spec), stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.isdigit():
+            raise RuntimeError(f"{name} did not start (exit status {proc.poll()})")
+        url = f"http://127.0.0.1:{int(line)}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -64,15 +64,27 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 
-from ._harness import RESULTS_DIR, Better, Row, log, median, note, percentile, progress
+from ._harness import (
+    RESULTS_DIR,
+    ROOT,
+    Better,
+    Row,
+    child_argv,
+    log,
+    median,
+    note,
+    percentile,
+    progress,
+    serve_child,
+)
 
 PILLAR = "resilience"
 
@@ -351,38 +363,12 @@ def _load(spec: dict[str, Any]) -> None:
 
 
 def _child(role: str, spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "bench.resilience_overload", role, json.dumps(spec)]
+    return child_argv("bench.resilience_overload", role, spec)
 
 
-@contextmanager
-def _service(spec: dict[str, Any]) -> Iterator[str]:
-    """The service in a child process; yields its URL and stops it (by its pid) afterwards."""
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(_child("serve", spec), stdout=subprocess.PIPE, text=True, cwd=root)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(f"service did not start (exit status {proc.poll()})")
-        url = f"http://127.0.0.1:{int(line)}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("service not ready") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _service(spec: dict[str, Any]) -> AbstractContextManager[str]:
+    """The service in a child process; yields its URL and stops it afterwards."""
+    return serve_child("bench.resilience_overload", spec)
 
 
 @dataclass
@@ -412,8 +398,7 @@ def _run_mode(mode: Mode, phases: list[Phase]) -> Outcome:
             "criticality": mode.criticality,
             "out": str(out),
         }
-        root = Path(__file__).resolve().parent.parent
-        subprocess.run(_child("load", spec), cwd=root, check=True, timeout=total + 30)
+        subprocess.run(_child("load", spec), cwd=ROOT, check=True, timeout=total + 30)
         gen = json.loads(out.read_text())
         with urllib.request.urlopen(f"{url}{CONTROL}/log", timeout=10) as resp:
             served = json.loads(resp.read())

@@ -50,13 +50,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._harness import RESULTS_DIR, Row, log, median, note, progress
+from ._harness import RESULTS_DIR, ROOT, Row, child_argv, log, median, note, progress, serve_child
 
 PILLAR = "resilience"
 
@@ -290,41 +289,14 @@ def _load(spec: dict[str, Any]) -> None:
 
 # -- orchestration ---------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _child(role: str, spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "bench.resilience_retry_storm", role, json.dumps(spec)]
+    return child_argv("bench.resilience_retry_storm", role, spec)
 
 
-@contextmanager
-def _service(spec: dict[str, Any]) -> Iterator[str]:
-    """One service in a child process; yields its URL and stops it (by its pid) afterwards."""
-    proc = subprocess.Popen(_child("serve", spec), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(f"service {spec['name']} did not start (status {proc.poll()})")
-        url = f"http://127.0.0.1:{int(line)}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service {spec['name']} not ready") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _service(spec: dict[str, Any]) -> AbstractContextManager[str]:
+    """One service in a child process; yields its URL and stops it afterwards."""
+    return serve_child("bench.resilience_retry_storm", spec, name=f"service {spec['name']}")
 
 
 @dataclass
