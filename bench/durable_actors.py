@@ -36,6 +36,7 @@ from garrison.durable import ActorConfig, ActorSystem, actor
 from garrison.durable._stores.sqlite import SqliteStore
 
 from ._harness import Row, median, note, percentile, progress
+from .durable_workflows import raw_commits  # the same limit, measured the same way
 
 PILLAR = "durable"
 
@@ -152,27 +153,6 @@ def naive_run(directory: Path, n: int, keys: int) -> float:
             (f"k{i % keys}",),
         )
         conn.execute("COMMIT")
-    rate = n / (time.perf_counter() - t0)
-    conn.close()
-    return rate
-
-
-def raw_commits(directory: Path, n: int) -> float:
-    """Durable SQLite transactions per second on this disk: WAL, synchronous=FULL, 1 INSERT."""
-    conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-
-    def commits(count: int) -> None:
-        for _ in range(count):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t (v) VALUES (?)", (b"x" * 64,))
-            conn.execute("COMMIT")
-
-    commits(n // 4)
-    t0 = time.perf_counter()
-    commits(n)
     rate = n / (time.perf_counter() - t0)
     conn.close()
     return rate

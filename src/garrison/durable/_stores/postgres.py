@@ -46,12 +46,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # this module is imported only when used
-import msgspec
 
 from garrison.core import ConfigError, TransportError, UsageError
 from garrison.durable._errors import FailureInfo, LeaseLost, WorkflowNotFound
 
 from . import _redacted
+from ._rows import INFO_COLS, fenc, info_from_row
 from .base import (
     TERMINAL,
     Claim,
@@ -75,36 +75,8 @@ __all__ = ["PostgresStore"]
 log = logging.getLogger("garrison.durable")
 T = TypeVar("T")
 Conn = Any  # an asyncpg connection (asyncpg ships no type information)
-_fenc = msgspec.msgpack.Encoder()
-_fdec = msgspec.msgpack.Decoder(FailureInfo)
-_COLS = (
-    "id, workflow, status, run_id, runs, args, created_at, updated_at, closed_at, ready_at, "
-    "owner, epoch, steps, parent_id, result, failure, blocked"
-)
 _RETRIES = 8
 """Attempts of one transaction aborted by a deadlock or serialization failure."""
-
-
-def _info(row: Sequence[Any]) -> WorkflowInfo:
-    return WorkflowInfo(
-        id=row[0],
-        workflow=row[1],
-        status=Status(row[2]),
-        run_id=row[3],
-        runs=row[4],
-        args=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        closed_at=row[8],
-        ready_at=row[9],
-        owner=row[10],
-        epoch=row[11],
-        steps=row[12],
-        parent_id=row[13],
-        result=row[14],
-        failure=None if row[15] is None else _fdec.decode(row[15]),
-        blocked=row[16],
-    )
 
 
 # -- write operations (inside a transaction) -----------------------------------------------------
@@ -130,8 +102,8 @@ async def _insert(conn: Conn, new: NewInstance) -> bool:
 
 
 async def _get(conn: Conn, wid: str) -> WorkflowInfo | None:
-    row = await conn.fetchrow(f"SELECT {_COLS} FROM wf_instances WHERE id = $1", wid)
-    return None if row is None else _info(row)
+    row = await conn.fetchrow(f"SELECT {INFO_COLS} FROM wf_instances WHERE id = $1", wid)
+    return None if row is None else info_from_row(row)
 
 
 async def _post(
@@ -222,11 +194,11 @@ async def _commit(conn: Conn, t: Transition) -> CommitResult:
         # reads the waiter row added here, and its one-statement end (_FAST_END) sees that its
         # row changed since its snapshot and takes the slow path. Never neither.
         row = await conn.fetchrow(
-            f"UPDATE wf_instances SET updated_at = updated_at WHERE id = $1 RETURNING {_COLS}",
+            f"UPDATE wf_instances SET updated_at = updated_at WHERE id = $1 RETURNING {INFO_COLS}",
             new.id,
         )
         assert row is not None  # inserted above, or there already
-        child = _info(row)
+        child = info_from_row(row)
         if child.status in TERMINAL:
             payload = child_outcome(
                 ch.step, child.workflow, child.id, child.status, child.result, child.failure
@@ -247,7 +219,7 @@ async def _commit(conn: Conn, t: Transition) -> CommitResult:
         params += [
             str(t.status),
             t.result,
-            None if t.failure is None else _fenc.encode(t.failure),
+            None if t.failure is None else fenc.encode(t.failure),
             t.now,
             t.steps,
             length,
@@ -400,7 +372,7 @@ async def _fast_end(conn: Conn, t: Transition) -> bool:
         t.first_seq,
         str(t.status),
         t.result,
-        None if t.failure is None else _fenc.encode(t.failure),
+        None if t.failure is None else fenc.encode(t.failure),
         t.now,
         t.steps,
         t.batches,
@@ -480,7 +452,7 @@ async def _terminate(conn: Conn, wid: str, failure: FailureInfo, now: float) -> 
         "UPDATE wf_instances SET status = 'terminated', failure = $1, updated_at = $2, "
         "closed_at = $2, ready_at = NULL, owner = NULL, lease_until = NULL, epoch = epoch + 1 "
         "WHERE id = $3",
-        _fenc.encode(failure),
+        fenc.encode(failure),
         now,
         wid,
     )
@@ -530,7 +502,9 @@ async def _fire(conn: Conn, name: str, fired_at: float, next_at: float, new: New
 
 
 async def _load(conn: Conn, wid: str) -> Loaded | None:
-    row = await conn.fetchrow(f"SELECT {_COLS}, inbox_version FROM wf_instances WHERE id = $1", wid)
+    row = await conn.fetchrow(
+        f"SELECT {INFO_COLS}, inbox_version FROM wf_instances WHERE id = $1", wid
+    )
     if row is None:
         return None
     version = row[17]
@@ -556,7 +530,7 @@ async def _load(conn: Conn, wid: str) -> Loaded | None:
             wid,
         )
     ]
-    return Loaded(info=_info(row), batches=batches, inbox=inbox, inbox_version=version)
+    return Loaded(info=info_from_row(row), batches=batches, inbox=inbox, inbox_version=version)
 
 
 def _schedule_of(row: Sequence[Any]) -> Schedule:
@@ -886,7 +860,7 @@ class PostgresStore:
             if value is not None:
                 params.append(value)
                 where.append(cond.format(len(params)))
-        sql = f"SELECT {_COLS} FROM wf_instances"
+        sql = f"SELECT {INFO_COLS} FROM wf_instances"
         if where:
             sql += " WHERE " + " AND ".join(where)
         params += [f.limit, f.offset]
@@ -894,7 +868,7 @@ class PostgresStore:
         sql += f" ORDER BY created_at DESC, id DESC LIMIT ${n - 1} OFFSET ${n}"
 
         async def op(c: Conn) -> list[WorkflowInfo]:
-            return [_info(r) for r in await c.fetch(sql, *params)]
+            return [info_from_row(r) for r in await c.fetch(sql, *params)]
 
         return await self._tx(op, write=False)
 

@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import msgspec
-
 from garrison.core import ConfigError, GroupCommitWriter, UsageError
 from garrison.durable._errors import FailureInfo, LeaseLost, WorkflowNotFound
 
+from ._rows import INFO_COLS, fenc, info_from_row
 from .base import (
     TERMINAL,
     Claim,
@@ -45,34 +44,6 @@ from .sqlite_schema import migrate
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
-_fenc = msgspec.msgpack.Encoder()
-_fdec = msgspec.msgpack.Decoder(FailureInfo)
-_COLS = (
-    "id, workflow, status, run_id, runs, args, created_at, updated_at, closed_at, ready_at, "
-    "owner, epoch, steps, parent_id, result, failure, blocked"
-)
-
-
-def _info(row: Sequence[Any]) -> WorkflowInfo:
-    return WorkflowInfo(
-        id=row[0],
-        workflow=row[1],
-        status=Status(row[2]),
-        run_id=row[3],
-        runs=row[4],
-        args=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        closed_at=row[8],
-        ready_at=row[9],
-        owner=row[10],
-        epoch=row[11],
-        steps=row[12],
-        parent_id=row[13],
-        result=row[14],
-        failure=None if row[15] is None else _fdec.decode(row[15]),
-        blocked=row[16],
-    )
 
 
 def _marks(n: int) -> str:
@@ -105,8 +76,10 @@ def _insert(conn: sqlite3.Connection, new: NewInstance) -> bool:
 
 
 def _get(conn: sqlite3.Connection, workflow_id: str) -> WorkflowInfo | None:
-    row = conn.execute(f"SELECT {_COLS} FROM wf_instances WHERE id = ?", (workflow_id,)).fetchone()
-    return None if row is None else _info(row)
+    row = conn.execute(
+        f"SELECT {INFO_COLS} FROM wf_instances WHERE id = ?", (workflow_id,)
+    ).fetchone()
+    return None if row is None else info_from_row(row)
 
 
 def _post(
@@ -212,7 +185,7 @@ def _commit(conn: sqlite3.Connection, t: Transition) -> CommitResult:
             (
                 str(t.status),
                 t.result,
-                None if t.failure is None else _fenc.encode(t.failure),
+                None if t.failure is None else fenc.encode(t.failure),
                 t.now,
                 t.now,
                 t.steps,
@@ -273,7 +246,7 @@ def _terminate(
         "UPDATE wf_instances SET status = 'terminated', failure = ?, updated_at = ?, "
         "closed_at = ?, ready_at = NULL, owner = NULL, lease_until = NULL, epoch = epoch + 1 "
         "WHERE id = ?",
-        (_fenc.encode(failure), now, now, wid),
+        (fenc.encode(failure), now, now, wid),
     )
     conn.execute("DELETE FROM wf_inbox WHERE workflow_id = ?", (wid,))
     return CommitResult(_notify(conn, wid, row[1], Status.TERMINATED, None, failure, now))
@@ -524,12 +497,12 @@ class SqliteStore:
         if f.id_prefix:
             where.append("substr(id, 1, ?) = ?")
             params += [len(f.id_prefix), f.id_prefix]
-        sql = f"SELECT {_COLS} FROM wf_instances"
+        sql = f"SELECT {INFO_COLS} FROM wf_instances"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         params += [f.limit, f.offset]
-        return await self._read(lambda c: [_info(r) for r in c.execute(sql, params)])
+        return await self._read(lambda c: [info_from_row(r) for r in c.execute(sql, params)])
 
     async def load(self, workflow_id: str) -> Loaded | None:
         """See :meth:`Store.load`."""
