@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +12,14 @@ import httpx
 import msgspec
 import psutil
 import pytest
-from starlette.types import ASGIApp, Message
+
+from tests._asgi import lifespan
 
 from ._procs import free_port_block
 
 pytestmark = pytest.mark.e2e
 
 FLEET = Path(__file__).parents[2] / "examples" / "fleet"
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    """Drive the ASGI lifespan protocol by hand: startup on enter, shutdown on exit."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    outbox: asyncio.Queue[Message] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    started = await outbox.get()
-    assert started["type"] == "lifespan.startup.complete", started
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
 
 
 def test_demo_runs_the_fleet_and_stops_cleanly(tmp_path: Path) -> None:

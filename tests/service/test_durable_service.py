@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import textwrap
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,36 +15,15 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from starlette.types import ASGIApp, Message
 
 from garrison import Service, WorkflowContext
 from garrison.core import ConfigError, UsageError, load_config, parse_config
 from garrison.durable import DurableSettings, EngineConfig, WaitTimeout, activity_info
 from garrison.durable._activity import activity_options
 from garrison.resilience import RetryPolicy
+from tests._asgi import lifespan
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    """Drive the ASGI lifespan protocol by hand: startup on enter, shutdown on exit."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    outbox: asyncio.Queue[Message] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    started = await outbox.get()
-    if started["type"] != "lifespan.startup.complete":
-        with contextlib.suppress(Exception):
-            await task
-        raise RuntimeError(started.get("message", "startup failed"))
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
 
 
 class Report(msgspec.Struct):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message
 
 from garrison.core import (
     ClientConfig,
@@ -34,6 +31,7 @@ from garrison.core import (
     remaining,
 )
 from garrison.service import NO_RETRY_HEADER, MockTransport, Service, current_trace
+from tests._asgi import lifespan
 
 
 class Reading(msgspec.Struct):
@@ -50,27 +48,6 @@ async def call(svc: Service, method: str, url: str, **kw: Any) -> httpx.Response
     transport = httpx.ASGITransport(app=svc.asgi())
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
         return await client.request(method, url, **kw)
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    """Drive the ASGI lifespan protocol by hand: startup on enter, shutdown on exit."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    outbox: asyncio.Queue[Message] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    started = await outbox.get()
-    if started["type"] != "lifespan.startup.complete":
-        with contextlib.suppress(Exception):
-            await task
-        raise RuntimeError(started.get("message", "startup failed"))
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
 
 
 def sample(svc: Service, name: str, **labels: str) -> float:

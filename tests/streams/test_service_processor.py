@@ -4,37 +4,15 @@ names its key."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.types import ASGIApp, Message
 
 from garrison import Service
 from garrison.core import ConfigError, UsageError, parse_config
 from garrison.streams import ProcessorContext, StoredRecord, StreamsSettings
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    outbox: asyncio.Queue[Message] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    started = await outbox.get()
-    if started["type"] != "lifespan.startup.complete":
-        with contextlib.suppress(Exception):
-            await task
-        raise RuntimeError(started.get("message", "startup failed"))
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
+from tests._asgi import lifespan
 
 
 def _config(root: Path, streams: dict[str, Any]) -> Any:
