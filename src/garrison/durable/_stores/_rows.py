@@ -1,5 +1,6 @@
 """What the SQL stores (SQLite, PostgreSQL) share: the instance columns they read, in one
-order, and how a row of them becomes a :class:`WorkflowInfo`; failures stored as msgpack."""
+order, and how a row of them becomes a :class:`WorkflowInfo` (a schedule row a
+:class:`Schedule`); failures stored as msgpack."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import msgspec
 
 from garrison.durable._errors import FailureInfo
 
-from .base import Status, WorkflowInfo
+from .base import Schedule, Status, WorkflowInfo
 
-__all__ = ["INFO_COLS", "fdec", "fenc", "info_from_row"]
+__all__ = ["INFO_COLS", "fdec", "fenc", "info_from_row", "schedule_from_row"]
 
 fenc = msgspec.msgpack.Encoder()
 """Encodes a :class:`FailureInfo` for the ``failure`` column."""
@@ -45,4 +46,17 @@ def info_from_row(row: Sequence[Any]) -> WorkflowInfo:
         result=row[14],
         failure=None if row[15] is None else fdec.decode(row[15]),
         blocked=row[16],
+    )
+
+
+def schedule_from_row(row: Sequence[Any]) -> Schedule:
+    """The :class:`Schedule` of a row (name, cron, tz, workflow, args, next_at, last_at)."""
+    return Schedule(
+        name=row[0],
+        cron=row[1],
+        tz=row[2],
+        workflow=row[3],
+        args=row[4],
+        next_at=row[5],
+        last_at=row[6],
     )

@@ -51,7 +51,7 @@ from garrison.core import ConfigError, TransportError, UsageError
 from garrison.durable._errors import FailureInfo, LeaseLost, WorkflowNotFound
 
 from . import _redacted
-from ._rows import INFO_COLS, fenc, info_from_row
+from ._rows import INFO_COLS, fenc, info_from_row, schedule_from_row
 from .base import (
     TERMINAL,
     Claim,
@@ -533,18 +533,6 @@ async def _load(conn: Conn, wid: str) -> Loaded | None:
     return Loaded(info=info_from_row(row), batches=batches, inbox=inbox, inbox_version=version)
 
 
-def _schedule_of(row: Sequence[Any]) -> Schedule:
-    return Schedule(
-        name=row[0],
-        cron=row[1],
-        tz=row[2],
-        workflow=row[3],
-        args=row[4],
-        next_at=row[5],
-        last_at=row[6],
-    )
-
-
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -925,6 +913,6 @@ class PostgresStore:
                 "SELECT name, cron, tz, workflow, args, next_at, last_at FROM wf_schedules "
                 "ORDER BY name"
             )
-            return [_schedule_of(r) for r in rows]
+            return [schedule_from_row(r) for r in rows]
 
         return await self._tx(op, write=False)

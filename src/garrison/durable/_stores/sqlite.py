@@ -15,14 +15,14 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from garrison.core import ConfigError, GroupCommitWriter, UsageError
 from garrison.durable._errors import FailureInfo, LeaseLost, WorkflowNotFound
 
-from ._rows import INFO_COLS, fenc, info_from_row
+from ._rows import INFO_COLS, fenc, info_from_row, schedule_from_row
 from .base import (
     TERMINAL,
     Claim,
@@ -293,18 +293,6 @@ def _fire(
         return False
     _insert(conn, new)
     return True
-
-
-def _schedule_of(row: Sequence[Any]) -> Schedule:
-    return Schedule(
-        name=row[0],
-        cron=row[1],
-        tz=row[2],
-        workflow=row[3],
-        args=row[4],
-        next_at=row[5],
-        last_at=row[6],
-    )
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -582,7 +570,7 @@ class SqliteStore:
         """See :meth:`Store.schedules`."""
         return await self._read(
             lambda c: [
-                _schedule_of(r)
+                schedule_from_row(r)
                 for r in c.execute(
                     "SELECT name, cron, tz, workflow, args, next_at, last_at FROM wf_schedules "
                     "ORDER BY name"
